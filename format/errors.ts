@@ -1,0 +1,116 @@
+/**
+ * Every failure a user can cause (a bad file, a bad flag, a bad disk) is one
+ * of these, with a stable `code` that tests and scripts can match on.
+ *
+ * `offset` is an absolute byte offset in the file being read (not in the
+ * stream), so a user can go straight to it with a hex editor.
+ */
+
+/** Stable codes for structural problems in a file. SPEC.md lists them all. */
+export const FormatCode = {
+  TRUNCATED: 'TRUNCATED',
+  BAD_MAGIC: 'BAD_MAGIC',
+  BAD_VERSION: 'BAD_VERSION',
+  UNKNOWN_SECTION_TYPE: 'UNKNOWN_SECTION_TYPE',
+  BAD_SECTION_FOOTER: 'BAD_SECTION_FOOTER',
+  UNKNOWN_SECTION_ID: 'UNKNOWN_SECTION_ID',
+  DUPLICATE_SECTION_ID: 'DUPLICATE_SECTION_ID',
+  BAD_CONFIGURATION: 'BAD_CONFIGURATION',
+  BAD_STRING: 'BAD_STRING',
+  BAD_RAM_FLAGS: 'BAD_RAM_FLAGS',
+  RAM_SIZE_MISMATCH: 'RAM_SIZE_MISMATCH',
+  DUPLICATE_BLOCK: 'DUPLICATE_BLOCK',
+  UNKNOWN_BLOCK: 'UNKNOWN_BLOCK',
+  BAD_BLOCK_LENGTH: 'BAD_BLOCK_LENGTH',
+  BAD_MAPPED_RAM_VERSION: 'BAD_MAPPED_RAM_VERSION',
+  BAD_PAGE_SIZE: 'BAD_PAGE_SIZE',
+  PAGE_SIZE_MISMATCH: 'PAGE_SIZE_MISMATCH',
+  BITMAP_OUT_OF_FILE: 'BITMAP_OUT_OF_FILE',
+  BITMAP_MISPLACED: 'BITMAP_MISPLACED',
+  BITMAP_TAIL_BITS_SET: 'BITMAP_TAIL_BITS_SET',
+  PAGES_MISALIGNED: 'PAGES_MISALIGNED',
+  PAGES_OVERLAP: 'PAGES_OVERLAP',
+  PAGES_OUT_OF_FILE: 'PAGES_OUT_OF_FILE',
+  PAGE_OUT_OF_BLOCK: 'PAGE_OUT_OF_BLOCK',
+  VALUE_TOO_LARGE: 'VALUE_TOO_LARGE',
+  BAD_COMMAND: 'BAD_COMMAND',
+  BAD_DEVICE_DESCRIPTION: 'BAD_DEVICE_DESCRIPTION',
+  DEVICE_STATE_MISMATCH: 'DEVICE_STATE_MISMATCH',
+  UNDESCRIBED_SECTION: 'UNDESCRIBED_SECTION',
+  INCOMPLETE: 'INCOMPLETE',
+  TRAILING_DATA: 'TRAILING_DATA',
+  BAD_LIBVIRT_HEADER: 'BAD_LIBVIRT_HEADER',
+  UNSUPPORTED: 'UNSUPPORTED',
+  LIMIT_EXCEEDED: 'LIMIT_EXCEEDED',
+} as const;
+export type FormatCode = (typeof FormatCode)[keyof typeof FormatCode];
+
+export interface FormatErrorDetails {
+  /** The field or rule that failed, e.g. `ramblock[pc.ram].bitmap_offset`. */
+  field: string;
+  /** Absolute file offset of the offending bytes. */
+  offset: number;
+  expected?: string | number | bigint;
+  actual?: string | number | bigint;
+}
+
+/** Base class: everything ramsnap throws on purpose. */
+export class RamsnapError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** The file breaks a rule of the format (or is not a QEMU file at all). */
+export class RamsnapFormatError extends RamsnapError {
+  declare readonly code: FormatCode;
+  readonly field: string;
+  readonly offset: number;
+  readonly expected?: string | number | bigint;
+  readonly actual?: string | number | bigint;
+
+  constructor(code: FormatCode, message: string, details: FormatErrorDetails) {
+    super(code, `${message} (${details.field} at offset ${details.offset}${describeExpected(details)})`);
+    this.field = details.field;
+    this.offset = details.offset;
+    this.expected = details.expected;
+    this.actual = details.actual;
+  }
+}
+
+function describeExpected(d: FormatErrorDetails): string {
+  const parts: string[] = [];
+  if (d.expected !== undefined) parts.push(`expected ${String(d.expected)}`);
+  if (d.actual !== undefined) parts.push(`got ${String(d.actual)}`);
+  return parts.length ? `: ${parts.join(', ')}` : '';
+}
+
+/** A bad flag or argument: the CLI exits 2 for these. */
+export class RamsnapUsageError extends RamsnapError {
+  readonly field: string;
+  constructor(code: string, message: string, field: string) {
+    super(code, message);
+    this.field = field;
+  }
+}
+
+/** An operating-system failure (missing file, disk full, permission). */
+export class RamsnapIoError extends RamsnapError {
+  readonly path: string;
+  constructor(code: string, message: string, path: string) {
+    super(code, message);
+    this.path = path;
+  }
+}
+
+/** Wraps a Node system error (ENOENT, ENOSPC, ...) as a RamsnapIoError. */
+export function ioError(err: unknown, path: string, action: string): RamsnapError {
+  if (err instanceof RamsnapError) return err;
+  const e = err as NodeJS.ErrnoException;
+  const code = typeof e?.code === 'string' ? e.code : 'EIO';
+  const reason = typeof e?.message === 'string' ? e.message.replace(/^[A-Z]+: /, '') : String(err);
+  return new RamsnapIoError(`IO_${code}`, `cannot ${action} ${path}: ${reason}`, path);
+}

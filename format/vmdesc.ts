@@ -1,0 +1,116 @@
+/**
+ * The VM description: after the EOF byte QEMU appends
+ *
+ *   u8 0x06, be32 length, length bytes of JSON
+ *
+ * describing every device section's fields ({"page_size", "configuration",
+ * "devices": [{name, instance_id, vmsd_name, version, fields, subsections}]}).
+ * It is what makes device sections parseable without QEMU's source: a
+ * section carries no length of its own.
+ */
+import { Section } from './constants.js';
+import { FormatCode, RamsnapFormatError } from './errors.js';
+
+export interface VmField {
+  name: string;
+  type: string;
+  size: number;
+  array_len?: number;
+  index?: number;
+  struct?: VmStruct;
+  [k: string]: unknown;
+}
+
+export interface VmStruct {
+  vmsd_name: string;
+  version: number;
+  fields?: VmField[];
+  subsections?: VmStruct[];
+  [k: string]: unknown;
+}
+
+export interface VmDevice extends VmStruct {
+  name: string;
+  instance_id: number;
+}
+
+export interface VmDescription {
+  page_size?: number;
+  devices: VmDevice[];
+  /** The JSON as parsed, for `dump --desc`. */
+  raw: Record<string, unknown>;
+}
+
+/** The JSON is at most this long; QEMU's are tens of KiB. */
+export const MAX_VMDESC = 64 << 20;
+
+/**
+ * Finds the description in the last bytes of the stream: the position p
+ * where `bytes[p] == 0x06`, the be32 after it equals the bytes that remain,
+ * and JSON starts. `tail` is the end of the file, `tailBase` its offset.
+ */
+export function locateVmDescription(tail: Uint8Array, tailBase: number): { offset: number; length: number } | undefined {
+  const view = new DataView(tail.buffer, tail.byteOffset, tail.byteLength);
+  for (let p = tail.length - 6; p >= 0; p--) {
+    if (tail[p] !== Section.VMDESCRIPTION || tail[p + 5] !== 0x7b /* { */) continue;
+    const len = view.getUint32(p + 1, false);
+    if (len === tail.length - p - 5) return { offset: tailBase + p, length: len };
+  }
+  return undefined;
+}
+
+export function parseVmDescription(json: Uint8Array, offset: number): VmDescription {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(Buffer.from(json.buffer, json.byteOffset, json.byteLength).toString('utf8'));
+  } catch (e) {
+    throw new RamsnapFormatError(FormatCode.BAD_DEVICE_DESCRIPTION, `device description is not JSON: ${(e as Error).message}`, {
+      field: 'vmdescription',
+      offset,
+    });
+  }
+  if (typeof raw !== 'object' || raw === null || !Array.isArray((raw as { devices?: unknown }).devices)) {
+    throw new RamsnapFormatError(FormatCode.BAD_DEVICE_DESCRIPTION, 'device description has no "devices" list', {
+      field: 'vmdescription.devices',
+      offset,
+    });
+  }
+  const r = raw as Record<string, unknown>;
+  const devices = r.devices as unknown[];
+  devices.forEach((d, i) => checkStruct(d, `vmdescription.devices[${i}]`, offset, true));
+  const pageSize = typeof r.page_size === 'number' ? r.page_size : undefined;
+  return { page_size: pageSize, devices: devices as VmDevice[], raw: r };
+}
+
+function checkStruct(s: unknown, field: string, offset: number, device: boolean): void {
+  const bad = (what: string): never => {
+    throw new RamsnapFormatError(FormatCode.BAD_DEVICE_DESCRIPTION, `device description: ${what}`, { field, offset });
+  };
+  if (typeof s !== 'object' || s === null) bad('entry is not an object');
+  const o = s as Record<string, unknown>;
+  if (device) {
+    if (typeof o.name !== 'string') bad('device has no name');
+    if (typeof o.instance_id !== 'number') bad('device has no instance_id');
+  }
+  if (o.fields !== undefined) {
+    if (!Array.isArray(o.fields)) bad('"fields" is not a list');
+    (o.fields as unknown[]).forEach((f, i) => {
+      if (typeof f !== 'object' || f === null) bad(`fields[${i}] is not an object`);
+      const ff = f as Record<string, unknown>;
+      if (typeof ff.name !== 'string' || typeof ff.type !== 'string') bad(`fields[${i}] has no name or type`);
+      if (ff.size !== undefined && (typeof ff.size !== 'number' || !Number.isSafeInteger(ff.size) || ff.size < 0)) bad(`fields[${i}].size is not a size`);
+      if (ff.array_len !== undefined && (typeof ff.array_len !== 'number' || !Number.isSafeInteger(ff.array_len) || ff.array_len < 0)) {
+        bad(`fields[${i}].array_len is not a count`);
+      }
+      if (ff.struct !== undefined) checkStruct(ff.struct, `${field}.fields[${i}].struct`, offset, false);
+    });
+  }
+  if (o.subsections !== undefined) {
+    if (!Array.isArray(o.subsections)) bad('"subsections" is not a list');
+    (o.subsections as unknown[]).forEach((x, i) => checkStruct(x, `${field}.subsections[${i}]`, offset, false));
+  }
+}
+
+export function findDevice(desc: VmDescription, name: string, instanceId: number): VmDevice | undefined {
+  return desc.devices.find((d) => d.name === name && d.instance_id === instanceId);
+}

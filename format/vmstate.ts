@@ -1,0 +1,190 @@
+/**
+ * Device state decoded with the device description (format/vmdesc.ts).
+ *
+ * A device section carries no length: its fields are only known from the
+ * description QEMU appends after EOF. Decoding follows the description
+ * field by field, which both yields the values (for `dump --state`) and
+ * tells where the section ends (for the stream walk).
+ *
+ * The values are shaped as QEMU's scripts/analyze-migration.py shows them,
+ * so the two tools' JSON can be compared directly:
+ *   - integers: "0x" + big-endian hex, two digits per byte; a negative
+ *     signed value is followed by its decimal value in parentheses;
+ *   - bool: true/false from the first byte;
+ *   - nullptr: the marker byte '0' (0x30), shown as "nullptr";
+ *   - buffers and every other type: bytes as space-separated hex pairs;
+ *   - struct: an ordered map, then its subsections under their names;
+ *   - a field repeated (array_len, or several fields of one name, as QEMU
+ *     writes arrays split by null pointers) becomes a list, except that a
+ *     single element stays a plain value, as in the script.
+ */
+import type { ByteCursor } from './cursor.js';
+import { latin1 } from './cursor.js';
+import { FormatCode, RamsnapFormatError } from './errors.js';
+import type { VmField, VmStruct } from './vmdesc.js';
+import { Section } from './constants.js';
+
+/** An ordered JSON-like value; Map keeps key order whatever the keys look like. */
+export type StateValue = string | boolean | StateValue[] | StateMap;
+export type StateMap = Map<string, StateValue>;
+
+/** Integer types the script reads as signed ("uint8 equal" and "uint16 equal" included). */
+const SIGNED = new Set(['int8', 'int16', 'int32', 'int64', 'int32 equal', 'int32 le', 'int64 equal', 'uint8 equal', 'uint16 equal']);
+const UNSIGNED = new Set(['uint8', 'uint16', 'uint32', 'uint32 equal', 'uint64']);
+/** The byte QEMU writes for a NULL pointer in an array of pointers. */
+const NULL_PTR_MARKER = 0x30;
+/** Nesting of structs in a description; real ones are a few levels deep. */
+const MAX_DEPTH = 64;
+/** Values decoded for one section: bounds a description with huge array_len and size 0. */
+const MAX_VALUES = 4_000_000;
+
+interface DecodeState {
+  values: number;
+  section: string;
+}
+
+export function decodeDeviceState(c: ByteCursor, dev: VmStruct & { name?: string }, versionId: number): StateMap {
+  void versionId; // The description already matches the version QEMU wrote.
+  const state: DecodeState = { values: 0, section: dev.name ?? dev.vmsd_name };
+  return decodeStruct(c, dev, state.section, 0, state);
+}
+
+function decodeStruct(c: ByteCursor, s: VmStruct, path: string, depth: number, st: DecodeState): StateMap {
+  if (depth > MAX_DEPTH) {
+    throw new RamsnapFormatError(FormatCode.BAD_DEVICE_DESCRIPTION, 'device description nests too deeply', { field: path, offset: c.pos });
+  }
+  if (!Array.isArray(s.fields)) {
+    throw new RamsnapFormatError(FormatCode.BAD_DEVICE_DESCRIPTION, `description of ${s.vmsd_name} has no fields`, { field: path, offset: c.pos });
+  }
+  const out: StateMap = new Map();
+  for (const f of s.fields) {
+    const n = f.array_len ?? 1;
+    for (let i = 0; i < n; i++) {
+      if (++st.values > MAX_VALUES) {
+        throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'device section has too many values', {
+          field: `${path}.${f.name}`,
+          offset: c.pos,
+          expected: `<= ${MAX_VALUES}`,
+        });
+      }
+      const v = decodeField(c, f, `${path}.${f.name}`, depth, st);
+      const prev = out.get(f.name);
+      if (prev === undefined) out.set(f.name, v);
+      else if (Array.isArray(prev)) prev.push(v);
+      else out.set(f.name, [prev, v]);
+    }
+  }
+  for (const sub of s.subsections ?? []) {
+    const at = c.pos;
+    const marker = c.u8(`${path}.subsection`);
+    if (marker !== Section.SUBSECTION) {
+      throw new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, `subsection ${sub.vmsd_name} not found where the description puts it`, {
+        field: `${path}.subsection`,
+        offset: at,
+        expected: '05',
+        actual: marker.toString(16).padStart(2, '0'),
+      });
+    }
+    const name = c.string8(`${path}.subsection.name`);
+    c.be32(`${path}[${name}].version_id`);
+    out.set(name, decodeStruct(c, sub, `${path}[${name}]`, depth + 1, st));
+  }
+  return out;
+}
+
+function decodeField(c: ByteCursor, f: VmField, path: string, depth: number, st: DecodeState): StateValue {
+  if (f.type === 'struct') {
+    if (!f.struct) throw new RamsnapFormatError(FormatCode.BAD_DEVICE_DESCRIPTION, 'struct field without a struct', { field: path, offset: c.pos });
+    return decodeStruct(c, f.struct, path, depth + 1, st);
+  }
+  if (f.type === 'capability') {
+    return latin1(c.bytesView(c.u8(`${path}.length`), path));
+  }
+  const size = f.size ?? 0;
+  const at = c.pos;
+  const bytes = c.bytesView(size, path);
+  if (SIGNED.has(f.type) || UNSIGNED.has(f.type)) return formatInt(bytes, SIGNED.has(f.type));
+  if (f.type === 'bool') return size > 0 && bytes[0] !== 0;
+  if (f.type === 'nullptr') {
+    if (size !== 1 || bytes[0] !== NULL_PTR_MARKER) {
+      throw new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, 'null pointer marker expected', {
+        field: path,
+        offset: at,
+        expected: '30',
+        actual: hexBytes(bytes),
+      });
+    }
+    return 'nullptr';
+  }
+  return hexBytes(bytes);
+}
+
+function formatInt(bytes: Uint8Array, signed: boolean): string {
+  let u = 0n;
+  for (const b of bytes) u = (u << 8n) | BigInt(b);
+  const hex = `0x${u.toString(16).padStart(bytes.length * 2, '0')}`;
+  if (signed && bytes.length > 0 && bytes[0] & 0x80) {
+    const s = u - (1n << BigInt(bytes.length * 8));
+    return `${hex} (${s.toString()})`;
+  }
+  return hex;
+}
+
+export function hexBytes(bytes: Uint8Array): string {
+  let s = '';
+  for (let i = 0; i < bytes.length; i++) {
+    if (i) s += ' ';
+    s += HEX[bytes[i]];
+  }
+  return s;
+}
+
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
+/**
+ * JSON text as Python's json module writes it with indent=4 (and
+ * ensure_ascii), so output can be compared with analyze-migration.py's
+ * byte for byte. Maps keep their order; plain objects keep theirs.
+ */
+export function pythonJson(v: unknown, indent = 0): string {
+  const pad = ' '.repeat(indent + 4);
+  const end = ' '.repeat(indent);
+  if (v instanceof Map) {
+    if (v.size === 0) return '{}';
+    const items = [...v.entries()].map(([k, x]) => `${pad}${pyString(k)}: ${pythonJson(x, indent + 4)}`);
+    return `{\n${items.join(',\n')}\n${end}}`;
+  }
+  if (Array.isArray(v)) {
+    if (v.length === 0) return '[]';
+    return `[\n${v.map((x) => pad + pythonJson(x, indent + 4)).join(',\n')}\n${end}]`;
+  }
+  if (v === null || v === undefined) return 'null';
+  if (typeof v === 'string') return pyString(v);
+  if (typeof v === 'boolean') return v ? 'true' : 'false';
+  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : pyFloat(v);
+  if (typeof v === 'bigint') return v.toString();
+  if (typeof v === 'object') return pythonJson(new Map(Object.entries(v as Record<string, unknown>)), indent);
+  return pyString(String(v));
+}
+
+function pyFloat(n: number): string {
+  const s = String(n);
+  return /[.eE]/.test(s) ? s : `${s}.0`;
+}
+
+function pyString(s: string): string {
+  let out = '"';
+  for (let i = 0; i < s.length; i++) {
+    const ch = s.charCodeAt(i);
+    if (ch === 0x22) out += '\\"';
+    else if (ch === 0x5c) out += '\\\\';
+    else if (ch === 0x0a) out += '\\n';
+    else if (ch === 0x0d) out += '\\r';
+    else if (ch === 0x09) out += '\\t';
+    else if (ch === 0x08) out += '\\b';
+    else if (ch === 0x0c) out += '\\f';
+    else if (ch < 0x20 || ch > 0x7e) out += `\\u${ch.toString(16).padStart(4, '0')}`;
+    else out += s[i];
+  }
+  return out + '"';
+}

@@ -1,0 +1,96 @@
+import type { Configuration } from '../format/configuration.js';
+import type { RamsnapFormatError } from '../format/errors.js';
+import type { LegacyIndex } from '../format/legacy-index.js';
+import type { VmDescription } from '../format/vmdesc.js';
+import type { LibvirtHeader } from '../format/libvirt.js';
+
+/** A RAMBlock as the stream declares it. */
+export interface RamBlock {
+  name: string;
+  /** Bytes of guest memory in the block. */
+  usedLength: number;
+  pageSize: number;
+  /** usedLength / pageSize. */
+  pages: number;
+  /** File offset of the block's entry (its name length byte) in the RAM section. */
+  entryOffset: number;
+  /** Guest physical address of the block, present with x-ignore-shared. */
+  addr?: number;
+  /** mapped-ram: the block's header and bitmap. */
+  mappedRam?: {
+    headerOffset: number;
+    version: number;
+    bitmapOffset: number;
+    bitmapSize: number;
+    pagesOffset: number;
+  };
+  /** mapped-ram: one bit per page, loaded from bitmapOffset. */
+  bitmap?: Uint8Array;
+  /** legacy: where the last copy of each page is. */
+  legacy?: LegacyIndex;
+  /** Pages whose bytes are in the file (set bit, or a PAGE record). */
+  pagesPresent: number;
+}
+
+export type SectionKind = 'start' | 'part' | 'end' | 'full';
+
+export interface SectionRecord {
+  kind: SectionKind;
+  sectionId: number;
+  name: string;
+  instanceId: number;
+  versionId: number;
+  /** File offset of the section's type byte. */
+  offset: number;
+  /** File offset just past its footer. */
+  end: number;
+}
+
+export interface CommandRecord {
+  offset: number;
+  command: number;
+  name: string;
+  length: number;
+}
+
+export interface DeviceState {
+  section: SectionRecord;
+  /** Decoded fields, when the open asked for them. */
+  value?: unknown;
+}
+
+export interface Finding {
+  code: string;
+  message: string;
+  field: string;
+  offset: number;
+}
+
+export interface SnapshotModel {
+  fileSize: number;
+  /** File offset where the QEMU stream starts (0, --offset, or behind a libvirt header). */
+  streamOffset: number;
+  libvirt?: LibvirtHeader;
+  version?: number;
+  configuration?: Configuration;
+  /** The stream is a mapped-ram stream (capability in the configuration). */
+  mappedRam: boolean;
+  /** Target page size used by the RAM section. */
+  pageSize: number;
+  ramSectionId?: number;
+  /** Total RAM bytes announced by the MEM_SIZE record. */
+  ramTotal?: number;
+  blocks: RamBlock[];
+  sections: SectionRecord[];
+  commands: CommandRecord[];
+  devices: DeviceState[];
+  /** File offset of the EOF byte, when reached. */
+  eofOffset?: number;
+  vmdesc?: { offset: number; length: number; desc: VmDescription };
+  /** Every structural rule held and the stream reached its end. */
+  complete: boolean;
+  /** The rule that failed first; the model holds what was read before it. */
+  error?: RamsnapFormatError;
+  /** Oddities a real QEMU can produce: reported, never fatal. */
+  warnings: Finding[];
+}

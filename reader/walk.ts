@@ -1,0 +1,654 @@
+/**
+ * Walks a migration stream from its first byte to EOF and the device
+ * description, building a SnapshotModel. Structural damage stops the walk:
+ * the error is kept in `model.error` with what was read before it, so
+ * `info` and `extract --salvage` can still use the good part.
+ */
+import {
+  CAP_MAPPED_RAM,
+  CAP_X_IGNORE_SHARED,
+  COMMAND_NAMES,
+  MAPPED_RAM_ALIGNMENT,
+  MAPPED_RAM_HDR_SIZE,
+  MAPPED_RAM_HDR_VERSION,
+  MAX_PAGE_SIZE,
+  MIN_PAGE_SIZE,
+  RAM_FLAG_MASK,
+  RamFlag,
+  Section,
+} from '../format/constants.js';
+import { decodeConfiguration } from '../format/configuration.js';
+import { FormatCode, RamsnapFormatError } from '../format/errors.js';
+import { toSafeNumber } from '../format/int64.js';
+import { LegacyIndex } from '../format/legacy-index.js';
+import { decodeMappedRamHeader } from '../format/mapped-ram.js';
+import { bitmapBytes, countBits, firstTailBit } from '../format/bitmap.js';
+import {
+  MAX_SECTION_HEADER,
+  decodeCommand,
+  decodeFileHeader,
+  decodeFooter,
+  decodeSectionStart,
+} from '../format/section.js';
+import { MAX_VMDESC, findDevice, locateVmDescription, parseVmDescription } from '../format/vmdesc.js';
+import { decodeDeviceState } from '../format/vmstate.js';
+import type { RamBlock, SectionRecord, SnapshotModel } from './model.js';
+import type { RandomAccessSource } from './source.js';
+import { StreamReader } from './stream-reader.js';
+
+export interface WalkOptions {
+  /** File offset where the stream starts. */
+  streamOffset: number;
+  /** Page size of a legacy stream that does not say it (default: from the stream, else 4096). */
+  pageSize?: number;
+  /** Keep decoded device state in model.devices[].value (for dump --state). */
+  decodeDevices?: boolean;
+}
+
+/** Device sections are loaded whole to be decoded; none real comes near this. */
+export const MAX_DEVICE_SECTION = 64 << 20;
+/** Bytes of bitmap held in memory at once: enough for 4 TiB of 4 KiB pages. */
+export const MAX_BITMAP_MEMORY = 128 << 20;
+/** Runs in a legacy index (memory bound for hostile streams of alternating records). */
+export const MAX_LEGACY_RUNS = 2_000_000;
+/** How far from the end the device description is looked for. */
+const VMDESC_TAIL = MAX_VMDESC + 5;
+
+export async function walkStream(source: RandomAccessSource, opts: WalkOptions): Promise<SnapshotModel> {
+  const model: SnapshotModel = {
+    fileSize: source.size,
+    streamOffset: opts.streamOffset,
+    mappedRam: false,
+    pageSize: opts.pageSize ?? 0,
+    blocks: [],
+    sections: [],
+    commands: [],
+    devices: [],
+    complete: false,
+    warnings: [],
+  };
+  const walker = new Walker(source, model, opts);
+  try {
+    await walker.run();
+  } catch (err) {
+    if (!(err instanceof RamsnapFormatError)) throw err;
+    model.error = err.code === FormatCode.TRUNCATED && walker.sequential ? asIncomplete(err) : err;
+  }
+  model.complete = model.error === undefined;
+  return model;
+}
+
+/** The stream itself ran out: the snapshot was never finished (or was cut). */
+function asIncomplete(err: RamsnapFormatError): RamsnapFormatError {
+  return new RamsnapFormatError(FormatCode.INCOMPLETE, `snapshot is incomplete: the file ends inside ${err.field}`, {
+    field: err.field,
+    offset: err.offset,
+  });
+}
+
+class Walker {
+  private readonly r: StreamReader;
+  private blocksByName = new Map<string, RamBlock>();
+  private openSections = new Map<number, SectionRecord>();
+  private lastBlock: RamBlock | undefined;
+  private bitmapMemory = 0;
+  private legacyRuns = 0;
+  private ignoreShared = false;
+  /** Intervals of the file that hold something, for the overlap rule. */
+  private regions: { start: number; end: number; what: string }[] = [];
+  private segmentStart: number;
+  /** True while reading the stream sequentially (a TRUNCATED then means incomplete). */
+  sequential = true;
+
+  constructor(
+    private readonly source: RandomAccessSource,
+    private readonly model: SnapshotModel,
+    private readonly opts: WalkOptions,
+  ) {
+    this.r = new StreamReader(source, opts.streamOffset);
+    this.segmentStart = opts.streamOffset;
+  }
+
+  async run(): Promise<void> {
+    const m = this.model;
+    const r = this.r;
+    await this.loadVmDescription();
+
+    let c = await r.cursor(8);
+    m.version = decodeFileHeader(c).version;
+    r.commit(c);
+
+    if ((await r.peekU8('section.type')) === Section.CONFIGURATION) {
+      await r.u8('section.type');
+      c = await r.cursor(64 * 1024);
+      m.configuration = decodeConfiguration(c);
+      r.commit(c);
+      m.mappedRam = m.configuration.capabilities.includes(CAP_MAPPED_RAM);
+      this.ignoreShared = m.configuration.capabilities.includes(CAP_X_IGNORE_SHARED);
+    } else {
+      this.warn('NO_CONFIGURATION', 'stream has no configuration section (machine type unknown)', 'configuration', r.pos);
+    }
+    this.decidePageSize();
+
+    for (;;) {
+      const typeAt = r.pos;
+      const type = await r.u8('section.type');
+      switch (type) {
+        case Section.EOF:
+          m.eofOffset = typeAt;
+          this.endSegment(r.pos);
+          this.finish();
+          return;
+        case Section.START:
+        case Section.FULL:
+          await this.startSection(type, typeAt);
+          break;
+        case Section.PART:
+        case Section.END:
+          await this.partSection(type, typeAt);
+          break;
+        case Section.COMMAND: {
+          c = await r.cursor(4 + 0xffff);
+          const cmd = decodeCommand(c);
+          r.commit(c);
+          m.commands.push({ offset: typeAt, command: cmd.command, name: COMMAND_NAMES[cmd.command] ?? `unknown-${cmd.command}`, length: cmd.data.length });
+          break;
+        }
+        default:
+          throw new RamsnapFormatError(FormatCode.UNKNOWN_SECTION_TYPE, `unknown section type 0x${type.toString(16).padStart(2, '0')}`, {
+            field: 'section.type',
+            offset: typeAt,
+            expected: 'one of 00 01 02 03 04 08',
+            actual: `0x${type.toString(16).padStart(2, '0')}`,
+          });
+      }
+    }
+  }
+
+  /**
+   * The description sits after EOF at the very end, but device sections
+   * come before it and cannot be parsed without it, so it is found first.
+   */
+  private async loadVmDescription(): Promise<void> {
+    const size = this.source.size;
+    const tailStart = Math.max(this.opts.streamOffset, size - VMDESC_TAIL);
+    if (size - tailStart < 6) return;
+    // Look in the last 1 MiB first; only a huge description needs more.
+    for (const start of [Math.max(tailStart, size - (1 << 20)), tailStart]) {
+      const tail = await this.source.read(start, size - start, 'vmdescription');
+      const loc = locateVmDescription(tail, start);
+      if (loc) {
+        const json = tail.subarray(loc.offset - start + 5);
+        const desc = parseVmDescription(json, loc.offset + 5);
+        this.model.vmdesc = { offset: loc.offset, length: loc.length, desc };
+        return;
+      }
+      if (start === tailStart) return;
+    }
+  }
+
+  private decidePageSize(): void {
+    const m = this.model;
+    if (m.configuration?.targetPageBits !== undefined) {
+      const bits = m.configuration.targetPageBits;
+      if (bits < 10 || bits > 30) {
+        throw new RamsnapFormatError(FormatCode.BAD_PAGE_SIZE, 'target page bits out of range', {
+          field: 'configuration/target-page-bits',
+          offset: this.opts.streamOffset,
+          expected: '10..30',
+          actual: bits,
+        });
+      }
+      m.pageSize = 2 ** bits;
+    } else if (m.vmdesc?.desc.page_size !== undefined) {
+      m.pageSize = m.vmdesc.desc.page_size;
+    } else if (!m.pageSize) {
+      // sun4u/sun4v (sparc64) use 8 KiB target pages; every other QEMU target that saves RAM uses 4 KiB.
+      m.pageSize = /^sun4[uv]/.test(m.configuration?.machine ?? '') ? 8192 : 4096;
+    }
+    if (this.opts.pageSize && this.opts.pageSize !== m.pageSize) m.pageSize = this.opts.pageSize;
+    checkPageSize(m.pageSize, 'page_size', this.opts.streamOffset);
+  }
+
+  private async startSection(type: typeof Section.START | typeof Section.FULL, typeAt: number): Promise<void> {
+    const r = this.r;
+    const c = await r.cursor(MAX_SECTION_HEADER);
+    const h = decodeSectionStart(c, type);
+    r.commit(c);
+    if (this.openSections.has(h.sectionId) || this.model.sections.some((s) => s.sectionId === h.sectionId && s.kind !== 'part' && s.kind !== 'end')) {
+      throw new RamsnapFormatError(FormatCode.DUPLICATE_SECTION_ID, `section id ${h.sectionId} is used twice`, {
+        field: 'section.section_id',
+        offset: typeAt + 1,
+        actual: h.sectionId,
+      });
+    }
+    const rec: SectionRecord = {
+      kind: type === Section.START ? 'start' : 'full',
+      sectionId: h.sectionId,
+      name: h.idstr,
+      instanceId: h.instanceId,
+      versionId: h.versionId,
+      offset: typeAt,
+      end: 0,
+    };
+    if (type === Section.START) this.openSections.set(h.sectionId, rec);
+    if (type === Section.START && h.idstr === 'ram') {
+      if (h.versionId !== 4) {
+        throw new RamsnapFormatError(FormatCode.BAD_VERSION, 'unsupported RAM section version', {
+          field: 'section[ram].version_id',
+          offset: typeAt + 6 + h.idstr.length + 4,
+          expected: 4,
+          actual: h.versionId,
+        });
+      }
+      this.model.ramSectionId = h.sectionId;
+      await this.ramSetup();
+      await this.ramRecords();
+    } else {
+      await this.deviceSection(rec);
+    }
+    await this.footer(rec);
+  }
+
+  private async partSection(type: typeof Section.PART | typeof Section.END, typeAt: number): Promise<void> {
+    const r = this.r;
+    const id = await r.be32('section.section_id');
+    const open = this.openSections.get(id);
+    if (!open) {
+      throw new RamsnapFormatError(FormatCode.UNKNOWN_SECTION_ID, `section ${type === Section.PART ? 'part' : 'end'} for a section that was never started`, {
+        field: 'section.section_id',
+        offset: typeAt + 1,
+        actual: id,
+      });
+    }
+    const rec: SectionRecord = { ...open, kind: type === Section.PART ? 'part' : 'end', offset: typeAt, end: 0 };
+    if (type === Section.END) this.openSections.delete(id);
+    if (id === this.model.ramSectionId) await this.ramRecords();
+    else await this.deviceSection(rec);
+    await this.footer(rec);
+  }
+
+  private async footer(rec: SectionRecord): Promise<void> {
+    const c = await this.r.cursor(5);
+    decodeFooter(c, rec.sectionId, rec.name);
+    this.r.commit(c);
+    rec.end = this.r.pos;
+    this.model.sections.push(rec);
+  }
+
+  /** A device section: decoded with the device description, which gives its length. */
+  private async deviceSection(rec: SectionRecord): Promise<void> {
+    const m = this.model;
+    const dev = m.vmdesc ? findDevice(m.vmdesc.desc, rec.name, rec.instanceId) : undefined;
+    if (!dev || rec.kind !== 'full') {
+      throw new RamsnapFormatError(
+        FormatCode.UNDESCRIBED_SECTION,
+        m.vmdesc
+          ? `section ${rec.name} (instance ${rec.instanceId}) is not in the device description, so its length is unknown`
+          : `section ${rec.name} cannot be parsed: the file has no device description`,
+        { field: `section[${rec.name}]`, offset: rec.offset },
+      );
+    }
+    const r = this.r;
+    const limit = Math.min(MAX_DEVICE_SECTION, (m.vmdesc?.offset ?? this.source.size) - r.pos);
+    const c = await r.cursor(Math.max(0, limit));
+    const value = decodeDeviceState(c, dev, rec.versionId);
+    r.commit(c);
+    m.devices.push({ section: rec, value: this.opts.decodeDevices ? value : undefined });
+  }
+
+  /** The MEM_SIZE record and the block list of the RAM section's START. */
+  private async ramSetup(): Promise<void> {
+    const m = this.model;
+    const r = this.r;
+    const at = r.pos;
+    const v = await r.be64('ram.mem_size');
+    const flags = Number(v & BigInt(RAM_FLAG_MASK));
+    if (flags !== RamFlag.MEM_SIZE) {
+      throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'RAM section does not start with the block list', {
+        field: 'ram.mem_size.flags',
+        offset: at,
+        expected: '0x004 (MEM_SIZE)',
+        actual: `0x${flags.toString(16).padStart(3, '0')}`,
+      });
+    }
+    const total = toSafeNumber(v & ~BigInt(RAM_FLAG_MASK), 'ram.mem_size', at);
+    m.ramTotal = total;
+    let remaining = total;
+    while (remaining > 0) {
+      const block = await this.blockEntry(remaining);
+      remaining -= block.usedLength;
+    }
+  }
+
+  private async blockEntry(remaining: number): Promise<RamBlock> {
+    const m = this.model;
+    const r = this.r;
+    const entryOffset = r.pos;
+    const c = await r.cursor(1 + 255 + 8 + 8 + MAPPED_RAM_HDR_SIZE);
+    const name = c.string8('ramblock.name');
+    const field = `ramblock[${name}]`;
+    const lenAt = c.pos;
+    const usedLength = c.be64n(`${field}.used_length`);
+    if (this.blocksByName.has(name)) {
+      throw new RamsnapFormatError(FormatCode.DUPLICATE_BLOCK, `RAMBlock ${JSON.stringify(name)} is listed twice`, {
+        field: `${field}.name`,
+        offset: entryOffset,
+      });
+    }
+    if (usedLength === 0 || usedLength > remaining) {
+      throw new RamsnapFormatError(FormatCode.RAM_SIZE_MISMATCH, `RAMBlock ${JSON.stringify(name)} length does not fit the announced RAM total`, {
+        field: `${field}.used_length`,
+        offset: lenAt,
+        expected: `1..${remaining}`,
+        actual: usedLength,
+      });
+    }
+    const block: RamBlock = { name, usedLength, pageSize: m.pageSize, pages: 0, entryOffset, pagesPresent: 0 };
+    if (this.ignoreShared) block.addr = c.be64n(`${field}.addr`);
+    if (m.mappedRam) {
+      const headerOffset = c.pos;
+      const h = decodeMappedRamHeader(c, `${field}.mapped_ram`);
+      r.commit(c);
+      await this.mappedRamBlock(block, h, headerOffset);
+    } else {
+      r.commit(c);
+      if (usedLength % m.pageSize !== 0) throw badLength(field, lenAt, usedLength, m.pageSize);
+      block.pages = usedLength / m.pageSize;
+      block.legacy = new LegacyIndex();
+    }
+    this.blocksByName.set(name, block);
+    m.blocks.push(block);
+    return block;
+  }
+
+  private async mappedRamBlock(block: RamBlock, h: ReturnType<typeof decodeMappedRamHeader>, headerOffset: number): Promise<void> {
+    const m = this.model;
+    const field = `ramblock[${block.name}]`;
+    const headerEnd = headerOffset + MAPPED_RAM_HDR_SIZE;
+    if (h.version !== MAPPED_RAM_HDR_VERSION) {
+      throw new RamsnapFormatError(FormatCode.BAD_MAPPED_RAM_VERSION, 'unsupported mapped-ram header version', {
+        field: `${field}.mapped_ram.version`,
+        offset: headerOffset,
+        expected: MAPPED_RAM_HDR_VERSION,
+        actual: h.version,
+      });
+    }
+    checkPageSize(h.pageSize, `${field}.mapped_ram.page_size`, headerOffset + 4);
+    const first = m.blocks[0];
+    if (first && first.pageSize !== h.pageSize) {
+      throw new RamsnapFormatError(FormatCode.PAGE_SIZE_MISMATCH, 'blocks disagree on the page size', {
+        field: `${field}.mapped_ram.page_size`,
+        offset: headerOffset + 4,
+        expected: first.pageSize,
+        actual: h.pageSize,
+      });
+    }
+    if (h.pageSize !== m.pageSize && (m.configuration?.targetPageBits !== undefined || m.vmdesc?.desc.page_size !== undefined)) {
+      throw new RamsnapFormatError(FormatCode.PAGE_SIZE_MISMATCH, 'mapped-ram page size differs from the stream target page size', {
+        field: `${field}.mapped_ram.page_size`,
+        offset: headerOffset + 4,
+        expected: m.pageSize,
+        actual: h.pageSize,
+      });
+    }
+    m.pageSize = h.pageSize;
+    block.pageSize = h.pageSize;
+    if (block.usedLength % h.pageSize !== 0) throw badLength(field, block.entryOffset + 1 + block.name.length, block.usedLength, h.pageSize);
+    block.pages = block.usedLength / h.pageSize;
+    const bitmapSize = bitmapBytes(block.pages);
+    const size = this.source.size;
+    if (h.bitmapOffset + bitmapSize > size) {
+      throw new RamsnapFormatError(FormatCode.BITMAP_OUT_OF_FILE, 'bitmap lies beyond the end of the file', {
+        field: `${field}.mapped_ram.bitmap_offset`,
+        offset: headerOffset + 12,
+        expected: `end <= ${size}`,
+        actual: `${h.bitmapOffset}+${bitmapSize}`,
+      });
+    }
+    if (h.pagesOffset < headerEnd) {
+      // The stream resumes at pages_offset + used_length: going backwards would overlap the header stream.
+      throw new RamsnapFormatError(FormatCode.PAGES_OVERLAP, 'page region starts before the end of its header', {
+        field: `${field}.mapped_ram.pages_offset`,
+        offset: headerOffset + 20,
+        expected: `>= ${headerEnd}`,
+        actual: h.pagesOffset,
+      });
+    }
+    if (h.pagesOffset % h.pageSize !== 0) {
+      throw new RamsnapFormatError(FormatCode.PAGES_MISALIGNED, 'page region is not aligned to the page size', {
+        field: `${field}.mapped_ram.pages_offset`,
+        offset: headerOffset + 20,
+        expected: `multiple of ${h.pageSize}`,
+        actual: h.pagesOffset,
+      });
+    }
+    if (h.pagesOffset % MAPPED_RAM_ALIGNMENT !== 0) {
+      this.warn('PAGES_UNALIGNED_1M', `page region of ${block.name} is not 1 MiB aligned (QEMU aligns it; its loader only needs page alignment)`, `${field}.mapped_ram.pages_offset`, headerOffset + 20);
+    }
+    if (h.bitmapOffset !== headerEnd) {
+      this.warn('BITMAP_NOT_AFTER_HEADER', `bitmap of ${block.name} is not right after its header, where QEMU puts it`, `${field}.mapped_ram.bitmap_offset`, headerOffset + 12);
+    }
+    if (h.pagesOffset + block.usedLength > size) {
+      throw new RamsnapFormatError(FormatCode.PAGES_OUT_OF_FILE, 'page region lies beyond the end of the file', {
+        field: `${field}.mapped_ram.pages_offset`,
+        offset: headerOffset + 20,
+        expected: `end <= ${size}`,
+        actual: `${h.pagesOffset}+${block.usedLength}`,
+      });
+    }
+    this.bitmapMemory += bitmapSize;
+    if (this.bitmapMemory > MAX_BITMAP_MEMORY) {
+      throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'bitmaps exceed the memory ramsnap allows for them', {
+        field: `${field}.mapped_ram.bitmap_offset`,
+        offset: headerOffset + 12,
+        expected: `<= ${MAX_BITMAP_MEMORY} bytes in all`,
+        actual: this.bitmapMemory,
+      });
+    }
+    block.mappedRam = { headerOffset, version: h.version, bitmapOffset: h.bitmapOffset, bitmapSize, pagesOffset: h.pagesOffset };
+    this.sequential = false;
+    block.bitmap = await this.source.read(h.bitmapOffset, bitmapSize, `${field}.bitmap`);
+    this.sequential = true;
+    const tail = firstTailBit(block.bitmap, block.pages);
+    if (tail >= 0) {
+      throw new RamsnapFormatError(FormatCode.BITMAP_TAIL_BITS_SET, 'bitmap has a bit set past the last page', {
+        field: `${field}.bitmap`,
+        offset: h.bitmapOffset + (tail >>> 3),
+        expected: `pages < ${block.pages}`,
+        actual: `page ${tail}`,
+      });
+    }
+    block.pagesPresent = countBits(block.bitmap, block.pages);
+    this.endSegment(headerEnd);
+    this.regions.push({ start: h.bitmapOffset, end: h.bitmapOffset + bitmapSize, what: `bitmap of ${block.name}` });
+    this.regions.push({ start: h.pagesOffset, end: h.pagesOffset + block.usedLength, what: `pages of ${block.name}` });
+    // The stream goes on after the block's page region.
+    this.r.pos = h.pagesOffset + block.usedLength;
+    this.segmentStart = this.r.pos;
+  }
+
+  /** Page records up to EOS, in any part of the RAM section. */
+  private async ramRecords(): Promise<void> {
+    const m = this.model;
+    const r = this.r;
+    const mask = BigInt(m.pageSize - 1);
+    for (;;) {
+      const at = r.pos;
+      const v = await r.be64('ram.record');
+      const flags = Number(v & mask);
+      const addr = toSafeNumber(v & ~mask, 'ram.record.offset', at);
+      const known = RamFlag.ZERO | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE | RamFlag.MULTIFD_FLUSH | RamFlag.XBZRLE;
+      if ((flags & ~known) !== 0) {
+        throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'RAM record has unknown or obsolete flags', {
+          field: 'ram.record.flags',
+          offset: at,
+          actual: `0x${flags.toString(16)}`,
+        });
+      }
+      if (flags & RamFlag.EOS) {
+        if (flags !== RamFlag.EOS || addr !== 0) {
+          throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'end-of-section record carries other flags or an offset', {
+            field: 'ram.record.flags',
+            offset: at,
+            actual: `0x${v.toString(16)}`,
+          });
+        }
+        return;
+      }
+      if (flags === RamFlag.MULTIFD_FLUSH) continue;
+      const kind = flags & ~RamFlag.CONTINUE;
+      if (kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE) {
+        throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'RAM record has no page type', {
+          field: 'ram.record.flags',
+          offset: at,
+          actual: `0x${flags.toString(16)}`,
+        });
+      }
+      if (m.mappedRam) {
+        throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'page record in a mapped-ram stream (pages belong at their file offsets)', {
+          field: 'ram.record.flags',
+          offset: at,
+          actual: `0x${flags.toString(16)}`,
+        });
+      }
+      let block: RamBlock | undefined;
+      if (flags & RamFlag.CONTINUE) {
+        block = this.lastBlock;
+        if (!block) {
+          throw new RamsnapFormatError(FormatCode.UNKNOWN_BLOCK, 'CONTINUE record with no block before it', { field: 'ram.record.flags', offset: at });
+        }
+      } else {
+        const nameAt = r.pos;
+        const name = await r.string8('ram.record.block');
+        block = this.blocksByName.get(name);
+        if (!block) {
+          throw new RamsnapFormatError(FormatCode.UNKNOWN_BLOCK, `page record for unknown RAMBlock ${JSON.stringify(name)}`, {
+            field: 'ram.record.block',
+            offset: nameAt,
+          });
+        }
+        this.lastBlock = block;
+      }
+      if (addr >= block.usedLength) {
+        throw new RamsnapFormatError(FormatCode.PAGE_OUT_OF_BLOCK, `page offset past the end of ${block.name}`, {
+          field: `ramblock[${block.name}].page`,
+          offset: at,
+          expected: `< ${block.usedLength}`,
+          actual: addr,
+        });
+      }
+      const page = addr / m.pageSize;
+      const index = block.legacy as LegacyIndex;
+      const before = index.runs.length;
+      if (kind === RamFlag.ZERO) {
+        const fillAt = r.pos;
+        const fill = await r.u8('ram.record.fill');
+        if (fill !== 0) {
+          // QEMU's loader refuses these too ("Found a zero page with value").
+          throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'ZERO record with a non-zero fill byte', {
+            field: 'ram.record.fill',
+            offset: fillAt,
+            expected: 0,
+            actual: fill,
+          });
+        }
+        index.add(page, -1);
+      } else if (kind === RamFlag.PAGE) {
+        index.add(page, r.pos);
+        await r.skip(m.pageSize, `ramblock[${block.name}].page[${page}]`);
+      } else {
+        throw new RamsnapFormatError(FormatCode.UNSUPPORTED, 'XBZRLE-encoded pages are not supported', { field: 'ram.record.flags', offset: at });
+      }
+      this.legacyRuns += index.runs.length - before;
+      if (this.legacyRuns > MAX_LEGACY_RUNS) {
+        throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'legacy stream is too fragmented to index', {
+          field: 'ram.record',
+          offset: at,
+          expected: `<= ${MAX_LEGACY_RUNS} runs`,
+        });
+      }
+    }
+  }
+
+  private endSegment(end: number): void {
+    if (end > this.segmentStart) this.regions.push({ start: this.segmentStart, end, what: 'stream' });
+    this.segmentStart = end;
+  }
+
+  /** After EOF: regions disjoint, nothing left open, the description in place. */
+  private finish(): void {
+    const m = this.model;
+    const r = this.r;
+    this.checkOverlaps();
+    if (m.ramSectionId === undefined) this.warn('NO_RAM_SECTION', 'stream has no RAM section', 'section[ram]', m.streamOffset);
+    for (const open of this.openSections.values()) {
+      throw new RamsnapFormatError(FormatCode.INCOMPLETE, `section ${open.name} was started but never ended`, {
+        field: `section[${open.name}]`,
+        offset: open.offset,
+      });
+    }
+    for (const b of m.blocks) if (b.legacy) b.pagesPresent = b.legacy.pagesWithData;
+    if (m.vmdesc) {
+      if (r.pos !== m.vmdesc.offset) {
+        throw new RamsnapFormatError(FormatCode.TRAILING_DATA, 'bytes between EOF and the device description', {
+          field: 'vmdescription',
+          offset: r.pos,
+          expected: m.vmdesc.offset,
+          actual: r.pos,
+        });
+      }
+    } else if (r.pos < this.source.size) {
+      throw new RamsnapFormatError(FormatCode.TRAILING_DATA, 'bytes after EOF that are not a device description', {
+        field: 'vmdescription',
+        offset: r.pos,
+        expected: this.source.size,
+        actual: r.pos,
+      });
+    } else if (m.sections.some((s) => s.kind === 'full')) {
+      this.warn('NO_DEVICE_DESCRIPTION', 'stream has no device description', 'vmdescription', r.pos);
+    }
+  }
+
+  private checkOverlaps(): void {
+    const regions = [...this.regions].sort((a, b) => a.start - b.start);
+    for (let i = 1; i < regions.length; i++) {
+      const a = regions[i - 1];
+      const b = regions[i];
+      if (b.start < a.end) {
+        throw new RamsnapFormatError(FormatCode.PAGES_OVERLAP, `${b.what} overlaps ${a.what}`, {
+          field: b.what,
+          offset: b.start,
+          expected: `>= ${a.end}`,
+          actual: b.start,
+        });
+      }
+    }
+  }
+
+  private warn(code: string, message: string, field: string, offset: number): void {
+    this.model.warnings.push({ code, message, field, offset });
+  }
+}
+
+function checkPageSize(pageSize: number, field: string, offset: number): void {
+  if (pageSize < MIN_PAGE_SIZE || pageSize > MAX_PAGE_SIZE || (pageSize & (pageSize - 1)) !== 0) {
+    throw new RamsnapFormatError(FormatCode.BAD_PAGE_SIZE, 'page size is not a power of two between 1 KiB and 1 GiB', {
+      field,
+      offset,
+      expected: 'power of two in 1024..1073741824',
+      actual: pageSize,
+    });
+  }
+}
+
+function badLength(field: string, offset: number, usedLength: number, pageSize: number): RamsnapFormatError {
+  return new RamsnapFormatError(FormatCode.BAD_BLOCK_LENGTH, 'block length is not a whole number of pages', {
+    field: `${field}.used_length`,
+    offset,
+    expected: `multiple of ${pageSize}`,
+    actual: usedLength,
+  });
+}
+
+

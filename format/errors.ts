@@ -111,6 +111,7 @@ export function ioError(err: unknown, path: string, action: string): RamsnapErro
   if (err instanceof RamsnapError) return err;
   const e = err as NodeJS.ErrnoException;
   const code = typeof e?.code === 'string' ? e.code : 'EIO';
-  const reason = typeof e?.message === 'string' ? e.message.replace(/^[A-Z]+: /, '') : String(err);
+  // Node says "ENOENT: no such file or directory, open '/x'": keep the reason only.
+  const reason = typeof e?.message === 'string' ? e.message.replace(/^[A-Z]+: /, '').replace(/, \w+ '.*'$/, '') : String(err);
   return new RamsnapIoError(`IO_${code}`, `cannot ${action} ${path}: ${reason}`, path);
 }

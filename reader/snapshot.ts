@@ -101,14 +101,17 @@ export class Snapshot {
       throw new RamsnapUsageError('OUT_OF_RANGE', `range ${at}+${length} is outside block ${block.name} (${block.usedLength} bytes)`, 'at');
     }
     const out = into ? into.subarray(0, length) : new Uint8Array(length);
-    out.fill(0);
     if (length === 0) return out;
     const ps = block.pageSize;
     const firstPage = Math.floor(at / ps);
     const endPage = Math.ceil((at + length) / ps);
+    // Only the gaps between present runs are zeroed: a buffer from a pool may hold old bytes.
+    let filled = at;
     for (const run of this.presentRuns(block, firstPage, endPage)) {
       const runStart = Math.max(at, run.first * ps);
       const runEnd = Math.min(at + length, (run.first + run.count) * ps);
+      if (runStart > filled) out.fill(0, filled - at, runStart - at);
+      filled = runEnd;
       if (run.stride === ps) {
         const fileAt = run.fileOffset + (runStart - run.first * ps);
         await this.source.read(fileAt, runEnd - runStart, `ramblock[${block.name}].pages`, out.subarray(runStart - at, runEnd - at));
@@ -128,6 +131,7 @@ export class Snapshot {
         }
       }
     }
+    if (filled < at + length) out.fill(0, filled - at, length);
     return out;
   }
 

@@ -346,6 +346,9 @@ class Walker {
     }
     const block: RamBlock = { name, usedLength, pageSize: m.pageSize, pages: 0, entryOffset, pagesPresent: 0 };
     if (this.ignoreShared) block.addr = c.be64n(`${field}.addr`);
+    // Listed before its checks, so a lenient open (extract --salvage) still sees where it was.
+    this.blocksByName.set(name, block);
+    m.blocks.push(block);
     if (m.mappedRam) {
       const headerOffset = c.pos;
       const h = decodeMappedRamHeader(c, `${field}.mapped_ram`);
@@ -357,8 +360,6 @@ class Walker {
       block.pages = usedLength / m.pageSize;
       block.legacy = new LegacyIndex();
     }
-    this.blocksByName.set(name, block);
-    m.blocks.push(block);
     return block;
   }
 
@@ -397,6 +398,7 @@ class Walker {
     if (block.usedLength % h.pageSize !== 0) throw badLength(field, block.entryOffset + 1 + block.name.length, block.usedLength, h.pageSize);
     block.pages = block.usedLength / h.pageSize;
     const bitmapSize = bitmapBytes(block.pages);
+    block.mappedRam = { headerOffset, version: h.version, bitmapOffset: h.bitmapOffset, bitmapSize, pagesOffset: h.pagesOffset };
     const size = this.source.size;
     if (h.bitmapOffset + bitmapSize > size) {
       throw new RamsnapFormatError(FormatCode.BITMAP_OUT_OF_FILE, 'bitmap lies beyond the end of the file', {
@@ -429,14 +431,6 @@ class Walker {
     if (h.bitmapOffset !== headerEnd) {
       this.warn('BITMAP_NOT_AFTER_HEADER', `bitmap of ${block.name} is not right after its header, where QEMU puts it`, `${field}.mapped_ram.bitmap_offset`, headerOffset + 12);
     }
-    if (h.pagesOffset + block.usedLength > size) {
-      throw new RamsnapFormatError(FormatCode.PAGES_OUT_OF_FILE, 'page region lies beyond the end of the file', {
-        field: `${field}.mapped_ram.pages_offset`,
-        offset: headerOffset + 20,
-        expected: `end <= ${size}`,
-        actual: `${h.pagesOffset}+${block.usedLength}`,
-      });
-    }
     this.bitmapMemory += bitmapSize;
     if (this.bitmapMemory > MAX_BITMAP_MEMORY) {
       throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'bitmaps exceed the memory ramsnap allows for them', {
@@ -446,7 +440,6 @@ class Walker {
         actual: this.bitmapMemory,
       });
     }
-    block.mappedRam = { headerOffset, version: h.version, bitmapOffset: h.bitmapOffset, bitmapSize, pagesOffset: h.pagesOffset };
     this.sequential = false;
     block.bitmap = await this.source.read(h.bitmapOffset, bitmapSize, `${field}.bitmap`);
     this.sequential = true;
@@ -460,6 +453,14 @@ class Walker {
       });
     }
     block.pagesPresent = countBits(block.bitmap, block.pages);
+    if (h.pagesOffset + block.usedLength > size) {
+      throw new RamsnapFormatError(FormatCode.PAGES_OUT_OF_FILE, 'page region lies beyond the end of the file (truncated?)', {
+        field: `${field}.mapped_ram.pages_offset`,
+        offset: headerOffset + 20,
+        expected: `end <= ${size}`,
+        actual: `${h.pagesOffset}+${block.usedLength}`,
+      });
+    }
     this.endSegment(headerEnd);
     this.regions.push({ start: h.bitmapOffset, end: h.bitmapOffset + bitmapSize, what: `bitmap of ${block.name}` });
     this.regions.push({ start: h.pagesOffset, end: h.pagesOffset + block.usedLength, what: `pages of ${block.name}` });

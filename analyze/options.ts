@@ -1,0 +1,41 @@
+/** Options shared by the commands, and the parsing of numbers given on the command line. */
+import type { Argv } from 'yargs';
+import { RamsnapUsageError } from '../format/errors.js';
+import type { OpenOptions } from '../reader/snapshot.js';
+
+export interface CommonArgs {
+  file: string;
+  offset?: string;
+  'page-size'?: string;
+  json?: boolean;
+}
+
+export function withCommon<T>(y: Argv<T>): Argv<T & CommonArgs> {
+  return y
+    .positional('file', { type: 'string', describe: 'snapshot file (QEMU migration stream, possibly in a libvirt save image)', demandOption: true })
+    .option('offset', { type: 'string', describe: 'the stream starts at this byte of the file (as with migrate file:PATH,offset=N); default 0, or after a libvirt header' })
+    .option('page-size', { type: 'string', describe: 'target page size of a legacy stream that does not record it (default: from the stream, else 4096)' })
+    .option('json', { type: 'boolean', describe: 'print JSON instead of text' }) as unknown as Argv<T & CommonArgs>;
+}
+
+export function openOptions(args: CommonArgs): OpenOptions {
+  return {
+    offset: args.offset === undefined ? undefined : parseSize(args.offset, 'offset'),
+    pageSize: args['page-size'] === undefined ? undefined : parseSize(args['page-size'], 'page-size'),
+  };
+}
+
+const SUFFIX: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
+
+/** Decimal, 0x hex, or a number with a K/M/G/T (binary) suffix: 4096, 0x1000, 4k, 2GiB. */
+export function parseSize(text: string, field: string): number {
+  const t = String(text).trim();
+  let n: number;
+  const hex = /^0x([0-9a-f]+)$/i.exec(t);
+  const dec = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(t);
+  if (hex) n = parseInt(hex[1], 16);
+  else if (dec) n = Number(dec[1]) * SUFFIX[dec[2].toLowerCase()];
+  else throw new RamsnapUsageError('BAD_NUMBER', `--${field} must be a number (e.g. 4096, 0x1000, 4k), got ${JSON.stringify(text)}`, field);
+  if (!Number.isSafeInteger(n)) throw new RamsnapUsageError('BAD_NUMBER', `--${field} is too large: ${text}`, field);
+  return n;
+}

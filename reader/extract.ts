@@ -1,0 +1,188 @@
+/**
+ * Copies a RAMBlock out of a snapshot into a sparse raw file: byte i of the
+ * output is byte i of guest memory in that block. Absent pages, and
+ * present pages that hold only zeros, stay holes.
+ *
+ * The copy is one positional read per run of present pages (split into
+ * chunks) and one positional write per run of non-zero pages, with a few
+ * chunks in flight on libuv's thread pool and buffers reused from a pool.
+ */
+import fs from 'node:fs';
+import { constants as C } from 'node:fs';
+import { RamsnapIoError, ioError } from '../format/errors.js';
+import type { RamBlock } from './model.js';
+import type { Snapshot } from './snapshot.js';
+
+export interface ExtractOptions {
+  /** Replace an existing output file (never follows a symlink either way). */
+  force?: boolean;
+  /** Called with bytes of guest memory covered so far (present and absent). */
+  onProgress?: (bytesDone: number) => void;
+  /** Bytes per read (default 4 MiB). */
+  chunkBytes?: number;
+  /** Reads and writes in flight (default 4, libuv's thread pool size). */
+  concurrency?: number;
+  /**
+   * Ignore the bitmap and copy the block's page region as it is in the file
+   * (for a save that stopped before writing its bitmaps). Bytes past the
+   * end of the file read as zero.
+   */
+  raw?: boolean;
+  /** Only pages below this byte of the block are copied (the rest stays zero): for a file cut short. */
+  limitBytes?: number;
+}
+
+export interface ExtractResult {
+  path: string;
+  block: string;
+  usedLength: number;
+  /** Bytes actually written (non-zero pages). */
+  bytesWritten: number;
+  /** Bytes of guest memory that were present in the snapshot. */
+  bytesPresent: number;
+}
+
+/** Opens `path` for writing without following a symlink and, unless forced, without replacing anything. */
+export function createOutput(path: string, force: boolean): number {
+  if (force) {
+    try {
+      const st = fs.lstatSync(path);
+      if (st.isDirectory()) throw new RamsnapIoError('IO_EISDIR', `output ${path} is a directory`, path);
+      fs.unlinkSync(path); // a symlink is removed, not followed
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(err, path, 'replace');
+    }
+  }
+  try {
+    return fs.openSync(path, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o644);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new RamsnapIoError('OUTPUT_EXISTS', `output ${path} already exists (use --force to replace it)`, path);
+    }
+    throw ioError(err, path, 'create');
+  }
+}
+
+export async function extractBlock(snap: Snapshot, block: RamBlock, path: string, opts: ExtractOptions = {}): Promise<ExtractResult> {
+  const fd = createOutput(path, opts.force ?? false);
+  try {
+    fs.ftruncateSync(fd, block.usedLength);
+    const result = await copyBlock(snap, block, fd, path, opts);
+    fs.closeSync(fd);
+    return result;
+  } catch (err) {
+    fs.closeSync(fd);
+    fs.rmSync(path, { force: true });
+    throw ioError(err, path, 'write');
+  }
+}
+
+interface Chunk {
+  /** Byte offset in the block. */
+  at: number;
+  length: number;
+}
+
+async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: string, opts: ExtractOptions): Promise<ExtractResult> {
+  const ps = block.pageSize;
+  const chunkPages = Math.max(1, Math.floor((opts.chunkBytes ?? 4 << 20) / ps));
+  const concurrency = Math.max(1, opts.concurrency ?? 4);
+  const zeroPage = Buffer.alloc(ps);
+  let bytesWritten = 0;
+  let bytesPresent = 0;
+  let lastProgressAt = 0;
+
+  const limitPages = Math.min(block.pages, Math.floor((opts.limitBytes ?? block.usedLength) / ps));
+  const chunks = opts.raw ? rawChunks(snap, block, chunkPages) : presentChunks(snap, block, chunkPages, limitPages);
+  const reader = opts.raw ? readRaw : (c: Chunk, buf: Buffer) => snap.read(block, c.at, c.length, buf);
+  function readRaw(c: Chunk, buf: Buffer): Promise<Uint8Array> {
+    return snap.source.read((block.mappedRam?.pagesOffset ?? 0) + c.at, c.length, `ramblock[${block.name}].pages`, buf);
+  }
+
+  const worker = async (): Promise<void> => {
+    const buf = Buffer.allocUnsafe(chunkPages * ps);
+    for (;;) {
+      const next = chunks.next();
+      if (next.done) return;
+      const c = next.value;
+      await reader(c, buf);
+      bytesPresent += c.length;
+      // Write runs of non-zero pages; all-zero pages stay holes.
+      let p = 0;
+      const n = c.length / ps;
+      while (p < n) {
+        while (p < n && zeroPage.equals(buf.subarray(p * ps, (p + 1) * ps))) p++;
+        const start = p;
+        while (p < n && !zeroPage.equals(buf.subarray(p * ps, (p + 1) * ps))) p++;
+        if (p > start) {
+          await writeAll(fd, buf.subarray(start * ps, p * ps), c.at + start * ps, path);
+          bytesWritten += (p - start) * ps;
+        }
+      }
+      if (opts.onProgress && c.at + c.length - lastProgressAt >= 1 << 20) {
+        lastProgressAt = c.at + c.length;
+        opts.onProgress(lastProgressAt);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  opts.onProgress?.(block.usedLength);
+  return { path, block: block.name, usedLength: block.usedLength, bytesWritten, bytesPresent };
+}
+
+function* presentChunks(snap: Snapshot, block: RamBlock, chunkPages: number, limitPages: number): Generator<Chunk> {
+  for (const r of snap.presentRuns(block, 0, limitPages, chunkPages)) {
+    yield { at: r.first * block.pageSize, length: r.count * block.pageSize };
+  }
+}
+
+/** The page region as it is in the file, up to the end of the file. */
+function* rawChunks(snap: Snapshot, block: RamBlock, chunkPages: number): Generator<Chunk> {
+  const base = block.mappedRam?.pagesOffset;
+  if (base === undefined) return;
+  const inFile = Math.max(0, Math.min(block.usedLength, snap.source.size - base));
+  const pagesInFile = Math.floor(inFile / block.pageSize);
+  for (let p = 0; p < pagesInFile; p += chunkPages) {
+    const n = Math.min(chunkPages, pagesInFile - p);
+    yield { at: p * block.pageSize, length: n * block.pageSize };
+  }
+}
+
+function writeAll(fd: number, data: Uint8Array, position: number, path: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      if (done === data.length) return resolve();
+      fs.write(fd, data, done, data.length - done, position + done, (err, n) => {
+        if (err) return reject(ioError(err, path, 'write'));
+        step(done + n);
+      });
+    };
+    step(0);
+  });
+}
+
+/**
+ * A file name for a block that is always one safe path component: every
+ * byte outside [A-Za-z0-9._+@-] becomes '_', leading dots and underscores
+ * go, and ".raw" is appended. "/rom@etc/acpi/tables" becomes
+ * "rom@etc_acpi_tables.raw"; "../../x" becomes "x.raw".
+ */
+export function blockFileName(name: string): string {
+  let s = name.replace(/[^A-Za-z0-9._+@-]/g, '_').replace(/^[._]+/, '');
+  s = s.replace(/_+/g, '_');
+  if (!s) s = 'block';
+  return `${s}.raw`;
+}
+
+/** File names for all blocks, made unique with -2, -3... */
+export function blockFileNames(names: string[]): Map<string, string> {
+  const used = new Set<string>();
+  const out = new Map<string, string>();
+  for (const n of names) {
+    let f = blockFileName(n);
+    for (let i = 2; used.has(f.toLowerCase()); i++) f = blockFileName(n).replace(/\.raw$/, `-${i}.raw`);
+    used.add(f.toLowerCase());
+    out.set(n, f);
+  }
+  return out;
+}

@@ -44,25 +44,26 @@ export const MigCommand = {
   POSTCOPY_LISTEN: 4,
   POSTCOPY_RUN: 5,
   POSTCOPY_RAM_DISCARD: 6,
-  POSTCOPY_RESUME: 7,
-  PACKAGED: 8,
-  RECV_BITMAP: 9,
-  ENABLE_COLO: 10,
+  PACKAGED: 7,
+  ENABLE_COLO: 8,
+  POSTCOPY_RESUME: 9,
+  RECV_BITMAP: 10,
   SWITCHOVER_START: 11,
 } as const;
 
-export const COMMAND_NAMES: Record<number, string> = {
-  1: 'open-return-path',
-  2: 'ping',
-  3: 'postcopy-advise',
-  4: 'postcopy-listen',
-  5: 'postcopy-run',
-  6: 'postcopy-ram-discard',
-  7: 'postcopy-resume',
-  8: 'packaged',
-  9: 'recv-bitmap',
-  10: 'enable-colo',
-  11: 'switchover-start',
+/** Name and data length of each command (savevm.c mig_cmd_args; -1: variable). */
+export const COMMANDS: Record<number, { name: string; length: number }> = {
+  1: { name: 'open-return-path', length: 0 },
+  2: { name: 'ping', length: 4 },
+  3: { name: 'postcopy-advise', length: -1 },
+  4: { name: 'postcopy-listen', length: 0 },
+  5: { name: 'postcopy-run', length: 0 },
+  6: { name: 'postcopy-ram-discard', length: -1 },
+  7: { name: 'packaged', length: 4 },
+  8: { name: 'enable-colo', length: 0 },
+  9: { name: 'postcopy-resume', length: 0 },
+  10: { name: 'recv-bitmap', length: -1 },
+  11: { name: 'switchover-start', length: 0 },
 };
 
 /**

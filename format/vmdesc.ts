@@ -45,16 +45,16 @@ export interface VmDescription {
 export const MAX_VMDESC = 64 << 20;
 
 /**
- * Finds the description in the last bytes of the stream: the position p
- * where `bytes[p] == 0x06`, the be32 after it equals the bytes that remain,
- * and JSON starts. `tail` is the end of the file, `tailBase` its offset.
+ * Finds the description's header in `chunk` (file bytes from `base`): the
+ * last position p where `chunk[p] == 0x06`, the be32 after it equals the
+ * bytes from p + 5 to the end of the file (`fileSize`), and JSON starts.
  */
-export function locateVmDescription(tail: Uint8Array, tailBase: number): { offset: number; length: number } | undefined {
-  const view = new DataView(tail.buffer, tail.byteOffset, tail.byteLength);
-  for (let p = tail.length - 6; p >= 0; p--) {
-    if (tail[p] !== Section.VMDESCRIPTION || tail[p + 5] !== 0x7b /* { */) continue;
+export function locateVmDescription(chunk: Uint8Array, base: number, fileSize: number): { offset: number; length: number } | undefined {
+  const view = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  for (let p = chunk.length - 6; p >= 0; p--) {
+    if (chunk[p] !== Section.VMDESCRIPTION || chunk[p + 5] !== 0x7b /* { */) continue;
     const len = view.getUint32(p + 1, false);
-    if (len === tail.length - p - 5) return { offset: tailBase + p, length: len };
+    if (len === fileSize - (base + p) - 5) return { offset: base + p, length: len };
   }
   return undefined;
 }

@@ -28,6 +28,8 @@ export interface RamBlock {
   bitmap?: Uint8Array;
   /** legacy: where the last copy of each page is. */
   legacy?: LegacyIndex;
+  /** x-ignore-shared: the block lives in shared memory and is not in the file (QEMU 11 mapped-ram). */
+  shared?: boolean;
   /** Pages whose bytes are in the file (set bit, or a PAGE record). */
   pagesPresent: number;
 }

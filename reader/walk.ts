@@ -7,7 +7,8 @@
 import {
   CAP_MAPPED_RAM,
   CAP_X_IGNORE_SHARED,
-  COMMAND_NAMES,
+  COMMANDS,
+  MigCommand,
   MAPPED_RAM_ALIGNMENT,
   MAPPED_RAM_HDR_SIZE,
   MAPPED_RAM_HDR_VERSION,
@@ -51,8 +52,13 @@ export const MAX_DEVICE_SECTION = 64 << 20;
 export const MAX_BITMAP_MEMORY = 128 << 20;
 /** Runs in a legacy index (memory bound for hostile streams of alternating records). */
 export const MAX_LEGACY_RUNS = 2_000_000;
-/** How far from the end the device description is looked for. */
-const VMDESC_TAIL = MAX_VMDESC + 5;
+/** Bytes of the configuration section: a machine name and a few capability names. */
+const MAX_CONFIGURATION = 64 * 1024;
+/** Sections and commands in one stream: real ones have hundreds to thousands. */
+export const MAX_SECTIONS = 1_000_000;
+/** How far from the end the device description is looked for (analyze-migration.py looks at 10 MiB). */
+export const VMDESC_SEARCH = 16 << 20;
+const VMDESC_STEP = 1 << 20;
 
 export async function walkStream(source: RandomAccessSource, opts: WalkOptions): Promise<SnapshotModel> {
   const model: SnapshotModel = {
@@ -90,6 +96,7 @@ class Walker {
   private readonly r: StreamReader;
   private blocksByName = new Map<string, RamBlock>();
   private openSections = new Map<number, SectionRecord>();
+  private startedIds = new Set<number>();
   private lastBlock: RamBlock | undefined;
   private bitmapMemory = 0;
   private legacyRuns = 0;
@@ -112,16 +119,23 @@ class Walker {
   async run(): Promise<void> {
     const m = this.model;
     const r = this.r;
-    await this.loadVmDescription();
-
     let c = await r.cursor(8);
     m.version = decodeFileHeader(c).version;
     r.commit(c);
+    await this.loadVmDescription();
 
     if ((await r.peekU8('section.type')) === Section.CONFIGURATION) {
       await r.u8('section.type');
-      c = await r.cursor(64 * 1024);
-      m.configuration = decodeConfiguration(c);
+      c = await r.cursor(MAX_CONFIGURATION);
+      try {
+        m.configuration = decodeConfiguration(c);
+      } catch (err) {
+        // Running off a window that stops short of the end of the file is a broken section, not a cut file.
+        if (err instanceof RamsnapFormatError && err.code === FormatCode.TRUNCATED && c.pos + c.remaining < this.source.size) {
+          throw new RamsnapFormatError(FormatCode.BAD_CONFIGURATION, `configuration section is longer than ${MAX_CONFIGURATION} bytes`, { field: err.field, offset: err.offset });
+        }
+        throw err;
+      }
       r.commit(c);
       m.mappedRam = m.configuration.capabilities.includes(CAP_MAPPED_RAM);
       this.ignoreShared = m.configuration.capabilities.includes(CAP_X_IGNORE_SHARED);
@@ -151,7 +165,7 @@ class Walker {
           c = await r.cursor(4 + 0xffff);
           const cmd = decodeCommand(c);
           r.commit(c);
-          m.commands.push({ offset: typeAt, command: cmd.command, name: COMMAND_NAMES[cmd.command] ?? `unknown-${cmd.command}`, length: cmd.data.length });
+          this.command(cmd.command, cmd.data.length, typeAt);
           break;
         }
         default:
@@ -165,25 +179,51 @@ class Walker {
     }
   }
 
+  /** Checks a COMMAND as QEMU's loader does (known id, fixed length where it has one). */
+  private command(id: number, length: number, at: number): void {
+    const spec = COMMANDS[id];
+    if (!spec) {
+      throw new RamsnapFormatError(FormatCode.BAD_COMMAND, `unknown migration command ${id}`, { field: 'command.id', offset: at + 1, expected: '1..11', actual: id });
+    }
+    if (spec.length >= 0 && length !== spec.length) {
+      throw new RamsnapFormatError(FormatCode.BAD_COMMAND, `${spec.name} command has the wrong length`, {
+        field: 'command.length',
+        offset: at + 3,
+        expected: spec.length,
+        actual: length,
+      });
+    }
+    if (id === MigCommand.PACKAGED) {
+      // A nested stream (postcopy's package): never in a file save.
+      throw new RamsnapFormatError(FormatCode.UNSUPPORTED, 'packaged (nested) streams are not supported', { field: 'command.id', offset: at + 1 });
+    }
+    if (id === MigCommand.POSTCOPY_ADVISE) {
+      this.warn('POSTCOPY', 'stream was saved with postcopy-ram: blocks with huge pages carry a page size ramsnap cannot see', 'command', at);
+    }
+    this.model.commands.push({ offset: at, command: id, name: spec.name, length });
+    this.checkCount(at);
+  }
+
   /**
    * The description sits after EOF at the very end, but device sections
    * come before it and cannot be parsed without it, so it is found first.
    */
   private async loadVmDescription(): Promise<void> {
     const size = this.source.size;
-    const tailStart = Math.max(this.opts.streamOffset, size - VMDESC_TAIL);
-    if (size - tailStart < 6) return;
-    // Look in the last 1 MiB first; only a huge description needs more.
-    for (const start of [Math.max(tailStart, size - (1 << 20)), tailStart]) {
-      const tail = await this.source.read(start, size - start, 'vmdescription');
-      const loc = locateVmDescription(tail, start);
+    const floor = Math.max(this.opts.streamOffset, size - VMDESC_SEARCH);
+    // Walk the tail backwards a step at a time; steps overlap by 5 bytes so a header on a boundary is seen.
+    for (let end = size; end - floor >= 6; end -= VMDESC_STEP) {
+      const start = Math.max(floor, end - VMDESC_STEP - 5);
+      const chunk = await this.source.read(start, Math.min(end + 5, size) - start, 'vmdescription');
+      const loc = locateVmDescription(chunk, start, size);
       if (loc) {
-        const json = tail.subarray(loc.offset - start + 5);
+        if (loc.length > MAX_VMDESC) return;
+        const json = await this.source.read(loc.offset + 5, loc.length, 'vmdescription');
         const desc = parseVmDescription(json, loc.offset + 5);
         this.model.vmdesc = { offset: loc.offset, length: loc.length, desc };
         return;
       }
-      if (start === tailStart) return;
+      if (start === floor) return;
     }
   }
 
@@ -215,7 +255,7 @@ class Walker {
     const c = await r.cursor(MAX_SECTION_HEADER);
     const h = decodeSectionStart(c, type);
     r.commit(c);
-    if (this.openSections.has(h.sectionId) || this.model.sections.some((s) => s.sectionId === h.sectionId && s.kind !== 'part' && s.kind !== 'end')) {
+    if (this.startedIds.has(h.sectionId)) {
       throw new RamsnapFormatError(FormatCode.DUPLICATE_SECTION_ID, `section id ${h.sectionId} is used twice`, {
         field: 'section.section_id',
         offset: typeAt + 1,
@@ -231,6 +271,7 @@ class Walker {
       offset: typeAt,
       end: 0,
     };
+    this.startedIds.add(h.sectionId);
     if (type === Section.START) this.openSections.set(h.sectionId, rec);
     if (type === Section.START && h.idstr === 'ram') {
       if (h.versionId !== 4) {
@@ -274,6 +315,17 @@ class Walker {
     this.r.commit(c);
     rec.end = this.r.pos;
     this.model.sections.push(rec);
+    this.checkCount(rec.offset);
+  }
+
+  private checkCount(offset: number): void {
+    if (this.model.sections.length + this.model.commands.length > MAX_SECTIONS) {
+      throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'stream has more sections than ramsnap allows', {
+        field: 'section',
+        offset,
+        expected: `<= ${MAX_SECTIONS}`,
+      });
+    }
   }
 
   /** A device section: decoded with the device description, which gives its length. */
@@ -290,9 +342,23 @@ class Walker {
       );
     }
     const r = this.r;
-    const limit = Math.min(MAX_DEVICE_SECTION, (m.vmdesc?.offset ?? this.source.size) - r.pos);
-    const c = await r.cursor(Math.max(0, limit));
-    const value = decodeDeviceState(c, dev, rec.versionId);
+    const available = (m.vmdesc?.offset ?? this.source.size) - r.pos;
+    const c = await r.cursor(Math.max(0, Math.min(MAX_DEVICE_SECTION, available)));
+    let value;
+    try {
+      value = decodeDeviceState(c, dev, rec.versionId);
+    } catch (err) {
+      if (err instanceof RamsnapFormatError && err.code === FormatCode.TRUNCATED) {
+        // The description is after EOF: running into it means the fields do not match the section.
+        throw available > MAX_DEVICE_SECTION
+          ? new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, `device section ${rec.name} is larger than ${MAX_DEVICE_SECTION} bytes`, { field: err.field, offset: err.offset })
+          : new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, `device section ${rec.name} does not match its description (it runs into the description)`, {
+              field: err.field,
+              offset: err.offset,
+            });
+      }
+      throw err;
+    }
     r.commit(c);
     m.devices.push({ section: rec, value: this.opts.decodeDevices ? value : undefined });
   }
@@ -397,6 +463,11 @@ class Walker {
     block.pageSize = h.pageSize;
     if (block.usedLength % h.pageSize !== 0) throw badLength(field, block.entryOffset + 1 + block.name.length, block.usedLength, h.pageSize);
     block.pages = block.usedLength / h.pageSize;
+    if (this.ignoreShared && h.bitmapOffset === 0 && h.pagesOffset === 0) {
+      // QEMU 11 writes a shared block (x-ignore-shared) with no bitmap or pages: the stream goes straight on.
+      block.shared = true;
+      return;
+    }
     const bitmapSize = bitmapBytes(block.pages);
     block.mappedRam = { headerOffset, version: h.version, bitmapOffset: h.bitmapOffset, bitmapSize, pagesOffset: h.pagesOffset };
     const size = this.source.size;
@@ -497,7 +568,17 @@ class Walker {
         }
         return;
       }
-      if (flags === RamFlag.MULTIFD_FLUSH) continue;
+      if (flags === RamFlag.MULTIFD_FLUSH) {
+        if (m.mappedRam || addr !== 0) {
+          // QEMU's mapped-ram loader refuses it ("Unexpected RAM flags"): mapped-ram syncs through the file.
+          throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, m.mappedRam ? 'multifd flush record in a mapped-ram stream' : 'multifd flush record carries an offset', {
+            field: 'ram.record.flags',
+            offset: at,
+            actual: `0x${v.toString(16)}`,
+          });
+        }
+        continue;
+      }
       const kind = flags & ~RamFlag.CONTINUE;
       if (kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE) {
         throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'RAM record has no page type', {
@@ -606,8 +687,12 @@ class Walker {
         expected: this.source.size,
         actual: r.pos,
       });
-    } else if (m.sections.some((s) => s.kind === 'full')) {
-      this.warn('NO_DEVICE_DESCRIPTION', 'stream has no device description', 'vmdescription', r.pos);
+    } else {
+      // QEMU loads such a stream ("Expected vmdescription section"); there were no device sections to describe.
+      this.warn('NO_DEVICE_DESCRIPTION', 'stream has no device description (RAM only)', 'vmdescription', r.pos);
+    }
+    if (this.ignoreShared) {
+      this.warn('IGNORE_SHARED', 'saved with x-ignore-shared: blocks on shared memory were left out of the file and read as zero here', 'configuration/capabilities', m.streamOffset);
     }
   }
 
@@ -633,7 +718,7 @@ class Walker {
 }
 
 function checkPageSize(pageSize: number, field: string, offset: number): void {
-  if (pageSize < MIN_PAGE_SIZE || pageSize > MAX_PAGE_SIZE || (pageSize & (pageSize - 1)) !== 0) {
+  if (!Number.isInteger(pageSize) || pageSize < MIN_PAGE_SIZE || pageSize > MAX_PAGE_SIZE || (pageSize & (pageSize - 1)) !== 0) {
     throw new RamsnapFormatError(FormatCode.BAD_PAGE_SIZE, 'page size is not a power of two between 1 KiB and 1 GiB', {
       field,
       offset,

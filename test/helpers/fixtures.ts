@@ -12,14 +12,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import type { Catalog, CatalogEntry, Comparison } from '../../fixtures/make.js';
+import { gunzipSparse, isZero } from '../../fixtures/unpack.js';
 import type { Snapshot } from '../../reader/snapshot.js';
 
 export type { Catalog, CatalogEntry, Comparison };
 
-const SPARSE_CHUNK = 64 * 1024;
 /** Bytes compared at a time: a few MiB, never a whole guest. */
 export const COMPARE_CHUNK = 4 * 1024 * 1024;
 
@@ -58,56 +57,6 @@ function scratch(): string {
     process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
   }
   return tempDir;
-}
-
-/**
- * Decompresses `src` (gzip) to `dst` as a sparse file: 64 KiB chunks that
- * are all zero are not written, and the file is truncated to its full size
- * at the end. Returns the decompressed size.
- */
-export async function gunzipSparse(src: string, dst: string): Promise<number> {
-  const tmp = `${dst}.part`;
-  const fd = fs.openSync(tmp, 'w');
-  let size = 0;
-  try {
-    const pending = new Uint8Array(SPARSE_CHUNK);
-    let fill = 0;
-    const flush = (n: number): void => {
-      const chunk = pending.subarray(0, n);
-      if (!isZero(chunk)) fs.writeSync(fd, chunk, 0, n, size);
-      size += n;
-    };
-    for await (const piece of fs.createReadStream(src).pipe(zlib.createGunzip()) as AsyncIterable<Buffer>) {
-      let at = 0;
-      while (at < piece.length) {
-        const take = Math.min(SPARSE_CHUNK - fill, piece.length - at);
-        pending.set(piece.subarray(at, at + take), fill);
-        fill += take;
-        at += take;
-        if (fill === SPARSE_CHUNK) {
-          flush(fill);
-          fill = 0;
-        }
-      }
-    }
-    if (fill) flush(fill);
-    fs.ftruncateSync(fd, size);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, dst);
-  return size;
-}
-
-function isZero(b: Uint8Array): boolean {
-  // Compare 8 bytes at a time where alignment allows.
-  if (b.byteOffset % 8 === 0 && b.length % 8 === 0) {
-    const w = new BigUint64Array(b.buffer, b.byteOffset, b.length / 8);
-    for (let i = 0; i < w.length; i++) if (w[i] !== 0n) return false;
-    return true;
-  }
-  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
-  return true;
 }
 
 async function decompressed(file: string, expectedSize: number): Promise<string> {

@@ -21,7 +21,7 @@ export function builder(y: Argv): Argv<DumpArgs> {
       if (Boolean(a.state) === Boolean(a.desc)) throw new RamsnapUsageError('USAGE', 'give exactly one of --state or --desc', 'state');
       return true;
     })
-    .example('$0 dump --state vm.snap', 'device registers, timers, ...') as unknown as Argv<DumpArgs>;
+    .example('$0 dump --state vm.snap', 'device registers, timers, ... (the output is JSON with or without --json)') as unknown as Argv<DumpArgs>;
 }
 
 export async function handler(args: ArgumentsCamelCase<DumpArgs>): Promise<void> {

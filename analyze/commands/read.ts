@@ -23,6 +23,8 @@ export function builder(y: Argv): Argv<ReadArgs> {
 }
 
 const CHUNK = 1 << 16;
+/** --json holds the range in memory as hex: keep it to what a person or script looks at. */
+const MAX_JSON_READ = 16 << 20;
 
 export async function handler(args: ArgumentsCamelCase<ReadArgs>): Promise<void> {
   const at = parseSize(args.at, 'at');
@@ -35,6 +37,14 @@ export async function handler(args: ArgumentsCamelCase<ReadArgs>): Promise<void>
     const block = snap.block(args.block);
     if (at + length > block.usedLength) {
       throw new RamsnapUsageError('OUT_OF_RANGE', `--at ${at} --length ${length} runs past the end of ${block.name} (${block.usedLength} bytes)`, 'length');
+    }
+    if (args.json) {
+      if (length > MAX_JSON_READ) {
+        throw new RamsnapUsageError('OUT_OF_RANGE', `--json prints at most ${MAX_JSON_READ} bytes; use --raw for more`, 'length');
+      }
+      const data = await snap.read(block, at, length);
+      process.stdout.write(JSON.stringify({ block: block.name, at, length, hex: Buffer.from(data).toString('hex') }) + '\n');
+      return;
     }
     const buf = new Uint8Array(Math.min(CHUNK, Math.max(1, length)));
     for (let done = 0; done < length; ) {

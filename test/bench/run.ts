@@ -1,0 +1,484 @@
+/**
+ * ramsnap benchmark: `npm run bench` (builds, then runs dist/test/bench/run.js).
+ *
+ * Prints one table of ramsnap's numbers next to references measured in the
+ * same run, with the ratio, the target from the issue and a verdict. Only
+ * ratios and a few generous absolute limits are judged; a missed target is
+ * reported, never a failure (exit status 1 means the bench itself broke).
+ *
+ * What is measured, and how
+ * - The guest: q35, 2 GiB of RAM, about 1 GiB of it non-zero pseudo-random
+ *   pages in runs of 1 to 512 pages (guest.ts). Its RAM is a memory backend
+ *   file (`-object memory-backend-file,id=mem0,share=on` on /dev/shm when it
+ *   has room) that the bench fills before starting QEMU: much faster than
+ *   `-device loader` blobs, which QEMU reads and copies at every start.
+ * - QEMU saves that guest (never run, paused) with mapped-ram, with
+ *   mapped-ram + multifd 4 channels, and as a legacy stream, max-bandwidth
+ *   lifted. Saves are timed from `migrate` to the first query-migrate that
+ *   says `completed` (what a user waits; QEMU's own total-time, in the
+ *   notes, leaves out the close of the file, which on ext4 starts writeback
+ *   because QEMU truncated the file at open), as context for the writer
+ *   benchmarks to come. QEMU cannot save a VM twice, so every save is a
+ *   fresh QEMU. The last files are kept as the inputs below, and one
+ *   extract of each is compared with the guest's memory file byte for byte
+ *   before anything is timed.
+ * - Also, the memory file lives on /dev/shm because it is guest RAM: on
+ *   disk, its dirty pages would be written back while the bench runs.
+ * - Extract (`ramsnap extract FILE -o DIR`, all blocks, process start
+ *   included) of the mapped-ram file against: `cp --sparse=always` of the
+ *   same file (target <= 1.3x); QEMU restoring it into a fresh QEMU started
+ *   with `-incoming defer`, timed from `migrate-incoming` to `completed`
+ *   (target: ramsnap faster); as context, the same restore with multifd 4
+ *   channels, and into RAM preallocated at start (`prealloc=on`: only the
+ *   reading is timed, not the faulting-in of guest RAM); and, when
+ *   ANALYZE_MIGRATION names a copy of QEMU's analyze-migration.py, its `-x`
+ *   (the script is never part of this repository). The legacy file's
+ *   extract against cp likewise.
+ * - A 64 GiB guest, mostly zero (3 MiB of data): QEMU saves it with
+ *   mapped-ram (memory-backend-ram with reserve=off, as the kernel refuses
+ *   to reserve 64 GiB on a smaller machine); the file is sparse (a few MiB
+ *   on disk). `ramsnap verify` and `ramsnap info` on it (target < 1 s):
+ *   with process start, against the CLI's floor (`ramsnap --version`), and
+ *   without, run in-process by timed-cli.ts, against the same command on
+ *   the 2 GiB file (how the time grows with the guest). Extract of it
+ *   against cp too (no target: cp skips the holes and copies 3 MiB, so the
+ *   row shows ramsnap's fixed costs).
+ * - Peak memory (GNU time's %M, or the child's own maxRSS without it) of
+ *   info, verify, extract and dump --state on the 2 GiB and the 64 GiB file,
+ *   against bare `node -e 0` (target < 200 MiB).
+ * - Timing: every contender of a group runs once to warm the page cache
+ *   (and binaries), then the group runs BENCH_RUNS rounds (default 3), one
+ *   run of each contender per round, and the median is taken. Outputs are
+ *   deleted after each run, outside the timed part.
+ *
+ * Without KVM, QEMU runs with TCG (the guest never runs, so that is
+ * enough). Without QEMU, its rows are skipped with a note, and the 2 GiB
+ * and 64 GiB mapped-ram files are synthesized with test/helpers/synth.ts
+ * instead, so the extract, verify, info and memory rows still run; the
+ * legacy rows need QEMU.
+ *
+ * Everything is written under a fresh directory in $TMPDIR (or /tmp),
+ * about 7 GiB at the peak (the 64 GiB files are sparse), and removed at
+ * the end, also on error or Ctrl-C. The whole bench takes 2-4 minutes on
+ * two cores. Environment: BENCH_RUNS, ANALYZE_MIGRATION, QEMU_SYSTEM_X86_64,
+ * TMPDIR, BENCH_VERBOSE=1 (every run's time).
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import { qemuAvailable, kvmAvailable } from '../../fixtures/qemu.js';
+import { GiB, MiB, PAGE_SIZE, PageFiller, sameContent, writeMemoryFile, writeSyntheticSnapshot } from './guest.js';
+import { haveGnuTime, inProcess, median, peakRssKiB, rounds, timeCommand, type Contender, type Medians } from './measure.js';
+import { QEMU_BINARY, q35Args, qemuRestore, qemuSave, quitAllQemu, type Guest } from './qemu-runs.js';
+import { contextRow, memoryRow, ratioRow, renderTable, skipRow, timeLimitRow, type Row } from './table.js';
+
+const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 3));
+const VERBOSE = process.env.BENCH_VERBOSE === '1';
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const CLI = path.resolve(HERE, '../../analyze/bin.js');
+const TIMED_CLI = path.join(HERE, 'timed-cli.js');
+
+const GUEST_BYTES = 2 * GiB;
+const BIG_GUEST_BYTES = 64 * GiB;
+/** Non-zero MiB blobs in the 64 GiB guest: low RAM, 1 GiB, and high RAM above 4 GiB. */
+const BIG_GUEST_BLOBS = [0x200000, 0x40000000, 0x1000000000];
+/** Free space needed in the temp dir: snapshot files, extract and cp outputs, analyze-migration's non-sparse output. */
+const NEEDED_BYTES = 8 * GiB;
+
+const EXTRACT_RATIO = 1.3;
+const INFO_LIMIT_MS = 1000;
+const RSS_LIMIT_KIB = 200 * 1024;
+
+const rows: Row[] = [];
+/** QEMU's own save times: printed after ramsnap's rows. */
+const contextRows: Row[] = [];
+const notes: string[] = [];
+const log = (s: string): void => {
+  process.stderr.write(s + '\n');
+};
+const progress = (s: string): void => {
+  if (VERBOSE || !s.startsWith('  ')) log(s);
+};
+
+let tmp = '';
+let memFile = '';
+
+function cleanup(): void {
+  if (memFile) fs.rmSync(memFile, { force: true });
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+}
+
+process.once('SIGINT', () => {
+  log('interrupted: stopping QEMU and removing temp files');
+  void quitAllQemu().finally(() => {
+    cleanup();
+    process.exit(130);
+  });
+});
+
+const ramsnapArgs = (args: string[]): string[] => [CLI, ...args];
+const ramsnap = (args: string[]): number => timeCommand(process.execPath, ramsnapArgs(args));
+const rmOut = (p: string): void => fs.rmSync(p, { recursive: true, force: true });
+
+/** Times `fn` and then removes `out`, outside the timing. */
+function timedThenDrop(out: string, fn: () => number): () => Promise<number> {
+  return async () => {
+    rmOut(out);
+    try {
+      return fn();
+    } finally {
+      rmOut(out);
+    }
+  };
+}
+
+function fileFacts(label: string, file: string, made: string): void {
+  const st = fs.statSync(file);
+  notes.push(`${label}: ${file.replace(tmp, '$TMP')} ${(st.size / GiB).toFixed(2)} GiB, ${(st.blocks * 512 / MiB).toFixed(0)} MiB allocated (${made})`);
+}
+
+interface Inputs {
+  /** mapped-ram file of the 2 GiB guest. */
+  mapped: string;
+  legacy?: string;
+  big: string;
+  /** Made by QEMU (else synthesized). */
+  byQemu: boolean;
+  bigByQemu: boolean;
+}
+
+async function main(): Promise<void> {
+  const started = performance.now();
+  if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run bench\`, which builds first`);
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-bench-'));
+  const free = freeBytes(tmp);
+  if (free < NEEDED_BYTES) throw new Error(`${tmp} has ${(free / GiB).toFixed(1)} GiB free; the bench needs ${NEEDED_BYTES / GiB} GiB (set TMPDIR elsewhere)`);
+  log(`ramsnap bench: ${RUNS} timed runs after one warm-up per contender, temp dir ${tmp}`);
+
+  const haveQemu = qemuAvailable(QEMU_BINARY);
+  if (!haveQemu) notes.push(`QEMU: ${QEMU_BINARY} (>= 9) not found: QEMU rows skipped, 2 GiB and 64 GiB files synthesized with test/helpers/synth.ts, legacy rows skipped`);
+  else notes.push(`QEMU: ${firstLine(spawnSync(QEMU_BINARY, ['--version'], { encoding: 'utf8' }).stdout)}, accel ${kvmAvailable() ? 'kvm' : 'tcg'}`);
+
+  const inputs = haveQemu ? await qemuInputs() : syntheticInputs();
+  await extractGroup(inputs, haveQemu);
+  await legacyGroup(inputs);
+  await bigGuestGroup(inputs);
+  memoryGroup(inputs);
+
+  process.stdout.write('\n' + renderTable([...rows, ...contextRows]) + '\n\n');
+  const judged = rows.filter((r) => r.verdict === 'ok' || r.verdict === 'MISS');
+  notes.push(`${judged.filter((r) => r.verdict === 'ok').length} of ${judged.length} targets met; bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);
+  process.stdout.write(notes.map((n) => `- ${n}`).join('\n') + '\n');
+}
+
+/** The guest's snapshots, written by QEMU; QEMU's save times go in the table on the way. */
+async function qemuInputs(): Promise<Inputs> {
+  // Guest RAM lives in RAM when /dev/shm has room, so the backing store costs nothing.
+  const shm = '/dev/shm';
+  memFile = fs.existsSync(shm) && freeBytes(shm) > GUEST_BYTES + GiB ? path.join(shm, `ramsnap-bench-${process.pid}.mem`) : path.join(tmp, 'guest.mem');
+  log(`writing the 2 GiB guest's memory to ${memFile}`);
+  const present = writeMemoryFile(memFile, GUEST_BYTES);
+  notes.push(`2 GiB guest: ${(present / GiB).toFixed(2)} GiB in non-zero pages, runs of 1-512 pages`);
+  const guest: Guest = { dir: tmp, args: q35Args(GUEST_BYTES, `memory-backend-file,id=mem0,mem-path=${memFile},share=on,size=${GUEST_BYTES}`) };
+
+  const mapped = path.join(tmp, 'guest-mapped-ram.mig');
+  const multifd = path.join(tmp, 'guest-multifd4.mig');
+  const legacy = path.join(tmp, 'guest-legacy.mig');
+  const qemuTotal = new Map<string, number[]>();
+  const save = (name: string, file: string, caps: Record<string, boolean>, params: Record<string, unknown> = {}): Contender => ({
+    name,
+    async run() {
+      fs.rmSync(file, { force: true });
+      const t = await qemuSave(guest, file, caps, params);
+      qemuTotal.set(name, [...(qemuTotal.get(name) ?? []), t.qemuTotalMs ?? NaN]);
+      return t.wallMs;
+    },
+  });
+  log('QEMU saves of the 2 GiB guest');
+  const saves = await rounds(
+    [
+      save('mapped-ram', mapped, { 'mapped-ram': true }),
+      save('mapped-ram multifd 4', multifd, { 'mapped-ram': true, multifd: true }, { 'multifd-channels': 4 }),
+      save('legacy', legacy, {}),
+    ],
+    RUNS,
+    progress,
+  );
+  fs.rmSync(multifd, { force: true });
+  runsNote('QEMU saves', saves);
+  for (const [name, m] of saves) {
+    contextRows.push(contextRow(`QEMU save, ${name}, 2 GiB guest`, m.medianMs, 'QEMU'));
+    notes.push(`QEMU save ${name}: median ${(m.medianMs / 1000).toFixed(2)} s to completed; QEMU's own total-time median ${(median(qemuTotal.get(name) ?? []) / 1000).toFixed(2)} s`);
+  }
+  fileFacts('mapped-ram file', mapped, 'QEMU');
+  fileFacts('legacy file', legacy, 'QEMU');
+
+  // Before timing anything, check that the extract being timed is right.
+  for (const [label, file] of [['mapped-ram', mapped], ['legacy', legacy]]) {
+    const out = path.join(tmp, 'check');
+    rmOut(out);
+    ramsnap(['extract', file, '-o', out]);
+    const same = sameContent(path.join(out, 'mem0.raw'), memFile);
+    rmOut(out);
+    if (!same) throw new Error(`ramsnap extract of the ${label} file differs from the guest's memory: timing it would mean nothing`);
+    notes.push(`check: extract of the ${label} file equals the guest's memory byte for byte`);
+  }
+  fs.rmSync(memFile, { force: true });
+  memFile = '';
+
+  const big = path.join(tmp, 'guest64-mapped-ram.mig');
+  let bigByQemu = true;
+  try {
+    log('QEMU save of the 64 GiB guest');
+    const filler = new PageFiller(0xb16);
+    const loaders: string[] = [];
+    BIG_GUEST_BLOBS.forEach((addr, i) => {
+      const blob = path.join(tmp, `blob${i}.bin`);
+      const buf = Buffer.alloc(MiB);
+      filler.fill(buf, addr / PAGE_SIZE, MiB / PAGE_SIZE);
+      fs.writeFileSync(blob, buf);
+      loaders.push('-device', `loader,file=${blob},addr=0x${addr.toString(16)},force-raw=on`);
+    });
+    const bigGuest: Guest = { dir: tmp, args: [...q35Args(BIG_GUEST_BYTES, `memory-backend-ram,id=mem0,size=${BIG_GUEST_BYTES},reserve=off`), ...loaders] };
+    const t = await qemuSave(bigGuest, big, { 'mapped-ram': true }, {}, 300_000);
+    contextRows.push(contextRow('QEMU save, mapped-ram, 64 GiB mostly-zero guest (1 run)', t.wallMs, 'QEMU'));
+    fileFacts('64 GiB file', big, `QEMU, ${BIG_GUEST_BLOBS.length} MiB of data`);
+  } catch (err) {
+    // A machine that cannot run a 64 GiB guest still gets the verify/info rows from a synthetic file.
+    bigByQemu = false;
+    notes.push(`64 GiB guest: QEMU could not save it (${(err as Error).message.split('\n')[0]}); using a synthetic file`);
+    writeSyntheticSnapshot(big, BIG_GUEST_BYTES, bigGuestPages());
+    fileFacts('64 GiB file', big, 'synthetic');
+  }
+  return { mapped, legacy, big, byQemu: true, bigByQemu };
+}
+
+function bigGuestPages(): number[] {
+  return BIG_GUEST_BLOBS.flatMap((addr) => Array.from({ length: MiB / PAGE_SIZE }, (_, i) => (addr >= 4 * GiB ? addr - 2 * GiB : addr) / PAGE_SIZE + i));
+}
+
+function syntheticInputs(): Inputs {
+  const mapped = path.join(tmp, 'guest-mapped-ram.mig');
+  const big = path.join(tmp, 'guest64-mapped-ram.mig');
+  log('synthesizing the 2 GiB and 64 GiB mapped-ram files');
+  writeSyntheticSnapshot(mapped, GUEST_BYTES);
+  writeSyntheticSnapshot(big, BIG_GUEST_BYTES, bigGuestPages());
+  fileFacts('mapped-ram file', mapped, 'synthetic');
+  fileFacts('64 GiB file', big, 'synthetic');
+  for (const what of ['QEMU save, mapped-ram, 2 GiB guest', 'QEMU save, mapped-ram multifd 4, 2 GiB guest', 'QEMU save, legacy, 2 GiB guest', 'QEMU save, mapped-ram, 64 GiB mostly-zero guest']) {
+    contextRows.push(skipRow(what, '-', 'no QEMU'));
+  }
+  return { mapped, big, byQemu: false, bigByQemu: false };
+}
+
+/** Extract of the 2 GiB mapped-ram file against cp, QEMU's restore and analyze-migration.py. */
+async function extractGroup(inputs: Inputs, haveQemu: boolean): Promise<void> {
+  const file = inputs.mapped;
+  const out = path.join(tmp, 'out-extract');
+  const cpOut = path.join(tmp, 'out-cp.mig');
+  const contenders: Contender[] = [
+    { name: 'ramsnap', run: timedThenDrop(out, () => ramsnap(['extract', file, '-o', out])) },
+    { name: 'cp', run: timedThenDrop(cpOut, () => timeCommand('cp', ['--sparse=always', file, cpOut])) },
+  ];
+  // Restore into anonymous RAM under the same backend id: RAMBlock names must match the file's.
+  const dest: Guest = { dir: tmp, args: q35Args(GUEST_BYTES, `memory-backend-ram,id=mem0,size=${GUEST_BYTES}`) };
+  const preallocated: Guest = { dir: tmp, args: q35Args(GUEST_BYTES, `memory-backend-ram,id=mem0,size=${GUEST_BYTES},prealloc=on`) };
+  if (haveQemu) {
+    contenders.push({ name: 'restore', run: async () => (await qemuRestore(dest, file, { 'mapped-ram': true })).wallMs });
+    contenders.push({ name: 'restore multifd 4', run: async () => (await qemuRestore(dest, file, { 'mapped-ram': true, multifd: true }, { 'multifd-channels': 4 })).wallMs });
+    // With RAM preallocated at start (not timed), the restore is the reading alone: most of a plain restore is faulting in guest RAM.
+    contenders.push({ name: 'restore prealloc', run: async () => (await qemuRestore(preallocated, file, { 'mapped-ram': true })).wallMs });
+  }
+  const analyzer = analyzeMigration();
+  if ('script' in analyzer) {
+    const amOut = path.join(tmp, 'out-analyze');
+    contenders.push({
+      name: 'analyze-migration',
+      run: timedThenDrop(amOut, () => {
+        fs.mkdirSync(amOut);
+        // -x writes into the working directory: every block as a full-size (not sparse) file, plus desc.json and state.json.
+        return timeCommand(analyzer.python, [analyzer.script, '-x', '-f', file], { cwd: amOut });
+      }),
+    });
+  }
+  log('extract of the 2 GiB mapped-ram file');
+  const m = await rounds(contenders, RUNS, progress);
+  runsNote('2 GiB mapped-ram extract', m);
+  const x = ms(m, 'ramsnap');
+  const src = inputs.byQemu ? '' : ' (synthetic file)';
+  rows.push(ratioRow(`extract, 2 GiB mapped-ram${src} vs cp --sparse=always`, x, ms(m, 'cp'), 'cp', EXTRACT_RATIO));
+  if (haveQemu) {
+    rows.push(ratioRow('extract, 2 GiB mapped-ram vs QEMU restore', x, ms(m, 'restore'), 'QEMU restore', 1));
+    rows.push(ratioRow('extract, 2 GiB mapped-ram vs QEMU restore, multifd 4', x, ms(m, 'restore multifd 4'), 'QEMU restore mf4'));
+    rows.push(ratioRow('extract, 2 GiB mapped-ram vs QEMU restore, RAM preallocated', x, ms(m, 'restore prealloc'), 'QEMU restore prealloc'));
+  } else {
+    rows.push(skipRow('extract, 2 GiB mapped-ram vs QEMU restore', '< 1x (faster)', 'no QEMU'));
+  }
+  if ('script' in analyzer) {
+    rows.push(ratioRow(`extract, 2 GiB mapped-ram${src} vs analyze-migration.py -x`, x, ms(m, 'analyze-migration'), 'analyze-migration'));
+  } else {
+    rows.push(skipRow('extract, 2 GiB mapped-ram vs analyze-migration.py -x', '-', analyzer.skip));
+    notes.push("analyze-migration.py: set ANALYZE_MIGRATION to a copy of QEMU's scripts/analyze-migration.py (and have python3, or PYTHON) to compare with it");
+  }
+}
+
+/** QEMU's analyze-migration.py when ANALYZE_MIGRATION names a copy, or why it is not used. */
+function analyzeMigration(): { python: string; script: string } | { skip: string } {
+  const script = process.env.ANALYZE_MIGRATION;
+  if (!script) return { skip: 'ANALYZE_MIGRATION unset' };
+  if (!fs.existsSync(script)) return { skip: `no ${script}` };
+  const python = process.env.PYTHON ?? 'python3';
+  if (spawnSync(python, ['--version']).status !== 0) return { skip: `no ${python}` };
+  return { python, script };
+}
+
+async function legacyGroup(inputs: Inputs): Promise<void> {
+  const file = inputs.legacy;
+  if (!file) {
+    rows.push(skipRow('extract, 2 GiB legacy vs cp --sparse=always', `<= ${EXTRACT_RATIO}x`, 'no QEMU'));
+    return;
+  }
+  const out = path.join(tmp, 'out-extract');
+  const cpOut = path.join(tmp, 'out-cp.mig');
+  log('extract of the 2 GiB legacy file');
+  const m = await rounds(
+    [
+      { name: 'ramsnap', run: timedThenDrop(out, () => ramsnap(['extract', file, '-o', out])) },
+      { name: 'cp', run: timedThenDrop(cpOut, () => timeCommand('cp', ['--sparse=always', file, cpOut])) },
+    ],
+    RUNS,
+    progress,
+  );
+  runsNote('2 GiB legacy extract', m);
+  rows.push(ratioRow('extract, 2 GiB legacy vs cp --sparse=always', ms(m, 'ramsnap'), ms(m, 'cp'), 'cp', EXTRACT_RATIO));
+}
+
+/** verify and info on the 64 GiB file, with and without process start; its extract against cp. */
+async function bigGuestGroup(inputs: Inputs): Promise<void> {
+  const big = inputs.big;
+  const small = inputs.mapped;
+  const tag = inputs.bigByQemu ? '' : ' (synthetic)';
+  log('verify and info on the 64 GiB file, process start included');
+  const proc = await rounds(
+    [
+      { name: 'verify', run: async () => ramsnap(['verify', big]) },
+      { name: 'info', run: async () => ramsnap(['info', big]) },
+      { name: 'floor', run: async () => ramsnap(['--version']) },
+    ],
+    RUNS,
+    progress,
+  );
+  const floor = ms(proc, 'floor');
+  for (const cmd of ['verify', 'info']) {
+    rows.push(timeLimitRow(`${cmd}, 64 GiB${tag}, process start included`, ms(proc, cmd), floor, 'ramsnap --version', INFO_LIMIT_MS));
+  }
+
+  log('verify and info in-process, 64 GiB against 2 GiB');
+  const importMs: number[] = [];
+  const inProc = (args: string[]): Contender['run'] => async () => {
+    const r = inProcess(TIMED_CLI, args);
+    importMs.push(r.importMs);
+    return r.runMs;
+  };
+  const ip = await rounds(
+    [
+      { name: 'verify 64', run: inProc(['verify', big]) },
+      { name: 'info 64', run: inProc(['info', big]) },
+      { name: 'verify 2', run: inProc(['verify', small]) },
+      { name: 'info 2', run: inProc(['info', small]) },
+    ],
+    RUNS,
+    progress,
+  );
+  for (const cmd of ['verify', 'info']) {
+    rows.push(timeLimitRow(`${cmd}, 64 GiB${tag}, in-process (no start)`, ms(ip, `${cmd} 64`), ms(ip, `${cmd} 2`), `same on 2 GiB`, INFO_LIMIT_MS));
+  }
+  notes.push(`in-process rows time run(argv) only; importing the CLI took a median ${median(importMs).toFixed(0)} ms more, and ramsnap --version (node start + import) ${floor.toFixed(0)} ms`);
+
+  log('extract of the 64 GiB file');
+  const out = path.join(tmp, 'out-extract');
+  const cpOut = path.join(tmp, 'out-cp.mig');
+  const m = await rounds(
+    [
+      { name: 'ramsnap', run: timedThenDrop(out, () => ramsnap(['extract', big, '-o', out])) },
+      { name: 'cp', run: timedThenDrop(cpOut, () => timeCommand('cp', ['--sparse=always', big, cpOut])) },
+    ],
+    RUNS,
+    progress,
+  );
+  // No target: cp skips the holes with SEEK_DATA and has 3 MiB to copy; this row shows ramsnap's fixed costs (start, bitmap scan).
+  rows.push(ratioRow(`extract, 64 GiB mostly-zero${tag} vs cp --sparse=always`, ms(m, 'ramsnap'), ms(m, 'cp'), 'cp'));
+}
+
+/** Peak RSS of each command, one run each (it hardly varies), against bare Node. */
+function memoryGroup(inputs: Inputs): void {
+  log('peak memory');
+  const gnuTime = haveGnuTime();
+  if (!gnuTime) notes.push('peak memory: /usr/bin/time not found, measured as the child\'s own process.resourceUsage().maxRSS (timed-cli.ts)');
+  const out = path.join(tmp, 'out-rss');
+  const peak = (args: string[]): number => {
+    rmOut(out);
+    try {
+      return gnuTime ? peakRssKiB(process.execPath, ramsnapArgs(args), tmp) : inProcess(TIMED_CLI, args).maxRssKiB;
+    } finally {
+      rmOut(out);
+    }
+  };
+  const nodeKib = gnuTime ? peakRssKiB(process.execPath, ['-e', '0'], tmp) : bareNodeMaxRssKiB();
+  const files: [string, string][] = [
+    [`2 GiB mapped-ram${inputs.byQemu ? '' : ' (synthetic)'}`, inputs.mapped],
+    [`64 GiB${inputs.bigByQemu ? '' : ' (synthetic)'}`, inputs.big],
+  ];
+  if (inputs.legacy) files.push(['2 GiB legacy', inputs.legacy]);
+  for (const [label, file] of files) {
+    const cmds: [string, string[]][] = [
+      ['info', ['info', file]],
+      ['verify', ['verify', file]],
+      ['extract', ['extract', file, '-o', out]],
+      ['dump --state', ['dump', '--state', file]],
+    ];
+    for (const [name, args] of cmds) {
+      if (file === inputs.legacy && name !== 'extract') continue; // legacy: only the command whose index grows with the file
+      rows.push(memoryRow(`peak memory, ${name}, ${label}`, peak(args), nodeKib, 'node -e 0', RSS_LIMIT_KIB));
+    }
+  }
+}
+
+function bareNodeMaxRssKiB(): number {
+  const r = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.resourceUsage().maxRSS))'], { encoding: 'utf8' });
+  return Number(r.stdout);
+}
+
+/** Every timed run of a group, so the noise behind a median is on record. */
+function runsNote(label: string, m: Medians): void {
+  const each = [...m].map(([name, r]) => `${name} ${r.runsMs.map((x) => (x / 1000).toFixed(2)).join('/')}`);
+  notes.push(`runs (s), ${label}: ${each.join('; ')}`);
+}
+
+function ms(m: Medians, name: string): number {
+  const r = m.get(name);
+  if (!r) throw new Error(`no timing for ${name}`);
+  return r.medianMs;
+}
+
+function freeBytes(dir: string): number {
+  const s = fs.statfsSync(dir);
+  return s.bavail * s.bsize;
+}
+
+function firstLine(s: string): string {
+  return s.split('\n')[0].trim();
+}
+
+try {
+  await main();
+} catch (err) {
+  log(`bench failed: ${(err as Error).stack ?? String(err)}`);
+  process.exitCode = 1;
+} finally {
+  await quitAllQemu();
+  cleanup();
+}

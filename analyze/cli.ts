@@ -12,6 +12,7 @@ import * as read from './commands/read.js';
 import * as dump from './commands/dump.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
+import { errorLine, printable } from './human.js';
 
 export function buildCli(argv: string[]): Argv {
   return yargs(argv)
@@ -46,19 +47,22 @@ export async function run(argv: string[]): Promise<number> {
   return Number(process.exitCode ?? 0);
 }
 
-/** One line, no stack trace, for anything a user can cause. */
+/**
+ * One line, no stack trace, for anything a user can cause. Messages can
+ * quote names from the file, so they are escaped for the terminal.
+ */
 export function report(err: unknown): number {
   if (err instanceof RamsnapUsageError) {
-    process.stderr.write(`ramsnap: ${err.message}\nTry 'ramsnap --help'.\n`);
+    process.stderr.write(`${errorLine(err)} (see ramsnap --help)\n`);
     return EXIT_USAGE;
   }
   if (err instanceof RamsnapError) {
-    process.stderr.write(`ramsnap: ${err.code}: ${err.message}\n`);
+    process.stderr.write(`${errorLine(err)}\n`);
     return EXIT_INVALID;
   }
   // A bug, not a user error: say so in one line, with the detail behind an env switch.
   const e = err as Error;
-  process.stderr.write(`ramsnap: internal error: ${e?.message ?? String(err)} (set RAMSNAP_DEBUG=1 for a trace)\n`);
+  process.stderr.write(`ramsnap: internal error: ${printable(e?.message ?? String(err))} (set RAMSNAP_DEBUG=1 for a trace)\n`);
   if (process.env.RAMSNAP_DEBUG) process.stderr.write(`${e?.stack}\n`);
   return EXIT_INTERNAL;
 }

@@ -1,4 +1,5 @@
 /** Text formatting for human output. */
+import type { RamsnapError } from '../format/errors.js';
 
 export function bytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -22,6 +23,11 @@ export function hex(n: number): string {
  */
 export function printable(name: string): string {
   return name.replace(/[\x00-\x1f\x7f-\uffff\\]/g, (c) => (c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+}
+
+/** The one line a failure prints: `ramsnap: CODE: message`, escaped. */
+export function errorLine(err: RamsnapError): string {
+  return `ramsnap: ${err.code}: ${printable(err.message)}`;
 }
 
 export function table(rows: string[][], rightAlign: number[] = []): string {

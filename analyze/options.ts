@@ -1,5 +1,6 @@
 /** Options shared by the commands, and the parsing of numbers given on the command line. */
 import type { Argv } from 'yargs';
+import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../format/constants.js';
 import { RamsnapUsageError } from '../format/errors.js';
 import type { OpenOptions } from '../reader/snapshot.js';
 
@@ -19,10 +20,14 @@ export function withCommon<T>(y: Argv<T>): Argv<T & CommonArgs> {
 }
 
 export function openOptions(args: CommonArgs): OpenOptions {
-  return {
-    offset: args.offset === undefined ? undefined : parseSize(args.offset, 'offset'),
-    pageSize: args['page-size'] === undefined ? undefined : parseSize(args['page-size'], 'page-size'),
-  };
+  let pageSize: number | undefined;
+  if (args['page-size'] !== undefined) {
+    pageSize = parseSize(args['page-size'], 'page-size');
+    if (pageSize < MIN_PAGE_SIZE || pageSize > MAX_PAGE_SIZE || (pageSize & (pageSize - 1)) !== 0) {
+      throw new RamsnapUsageError('BAD_NUMBER', `--page-size must be a power of two from ${MIN_PAGE_SIZE} to ${MAX_PAGE_SIZE}, got ${args['page-size']}`, 'page-size');
+    }
+  }
+  return { offset: args.offset === undefined ? undefined : parseSize(args.offset, 'offset'), pageSize };
 }
 
 const SUFFIX: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };

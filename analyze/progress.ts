@@ -3,7 +3,6 @@
  * (never in pipes, logs or CI). cli-progress handles redraw throttling,
  * terminal width and ETA, which is more than is worth writing here.
  */
-import cliProgress from 'cli-progress';
 
 export interface Progress {
   update(done: number): void;
@@ -12,9 +11,13 @@ export interface Progress {
 
 const NONE: Progress = { update() {}, stop() {} };
 
-/** Shows a bar when the total is large enough to take a moment (default 64 MiB). */
-export function progressBar(total: number, label: string, minTotal = 64 << 20): Progress {
+/**
+ * Shows a bar when the total is large enough to take a moment (default
+ * 64 MiB). cli-progress is loaded only then, to keep start-up short.
+ */
+export async function progressBar(total: number, label: string, minTotal = 64 << 20): Promise<Progress> {
   if (!process.stderr.isTTY || total < minTotal) return NONE;
+  const cliProgress = (await import('cli-progress')).default;
   const bar = new cliProgress.SingleBar(
     {
       stream: process.stderr,

@@ -26,7 +26,12 @@ export interface Configuration {
 const MAX_MACHINE_NAME = 256;
 
 /** Decodes the body after the 0x07 type byte. */
-export function decodeConfiguration(c: ByteCursor): Configuration {
+/**
+ * `reachesEof`: the cursor holds everything up to the end of the file, so
+ * running out of bytes means the file was cut (TRUNCATED) rather than that
+ * a count is wrong (BAD_CONFIGURATION). `offsets` receives where fields were.
+ */
+export function decodeConfiguration(c: ByteCursor, offsets?: Record<string, number>, reachesEof = true): Configuration {
   const lenAt = c.pos;
   const len = c.be32('configuration.name.length');
   if (len === 0 || len > MAX_MACHINE_NAME) {
@@ -55,19 +60,22 @@ export function decodeConfiguration(c: ByteCursor): Configuration {
     }
     switch (name) {
       case 'configuration/target-page-bits':
+        if (offsets) offsets['configuration/target-page-bits.value'] = c.pos;
         cfg.targetPageBits = c.be32('configuration/target-page-bits.value');
         break;
       case 'configuration/capabilities': {
+        const countAt = c.pos;
         const count = c.be32('configuration/capabilities.count');
-        // Each entry takes at least one byte, so the count is bounded by the window.
-        if (count > c.remaining) {
+        // Each entry takes at least one byte, so the count is bounded by the bytes left.
+        if (count > c.remaining && !reachesEof) {
           throw new RamsnapFormatError(FormatCode.BAD_CONFIGURATION, 'capability count exceeds the section', {
             field: 'configuration/capabilities.count',
-            offset: c.pos - 4,
+            offset: countAt,
             expected: `<= ${c.remaining}`,
             actual: count,
           });
         }
+        c.need(count, 'configuration/capabilities');
         for (let i = 0; i < count; i++) cfg.capabilities.push(c.string8(`configuration/capabilities[${i}]`));
         break;
       }

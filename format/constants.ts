@@ -118,6 +118,10 @@ export const CAP_X_IGNORE_SHARED = 'x-ignore-shared';
 /** Longest name a length-prefixed u8 string can hold. */
 export const MAX_IDSTR = 255;
 
-/** Smallest and largest page sizes ramsnap accepts (1 KiB .. 1 GiB). */
+/**
+ * Smallest and largest target page sizes ramsnap accepts: 1 KiB (Arm's
+ * legacy page) to 64 KiB (the largest TARGET_PAGE_SIZE of any QEMU target).
+ * A bound, too: extraction buffers are a few pages.
+ */
 export const MIN_PAGE_SIZE = 1 << 10;
-export const MAX_PAGE_SIZE = 1 << 30;
+export const MAX_PAGE_SIZE = 1 << 16;

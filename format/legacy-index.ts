@@ -18,8 +18,15 @@ export interface LegacyRun {
 export class LegacyIndex {
   /** Sorted by `first`, non-overlapping. */
   readonly runs: LegacyRun[] = [];
-  /** Runs added in stream order, before coalescing, for limits. */
+  /** Records added, in stream order. */
   recordCount = 0;
+
+  /**
+   * `maxStride` bounds the distance between two pages' bytes in one run:
+   * a run is read as one span, so records far apart (a hostile file, or a
+   * section boundary between them) start a new run instead.
+   */
+  constructor(private readonly maxStride = Infinity) {}
 
   /**
    * Records that page `page` has its last copy at `dataOffset`, or is a
@@ -35,7 +42,7 @@ export class LegacyIndex {
         return;
       }
       // Page data of consecutive records is evenly spaced (record header + page).
-      if (last.count === 1 && dataOffset > last.dataOffset) {
+      if (last.count === 1 && dataOffset > last.dataOffset && dataOffset - last.dataOffset <= this.maxStride) {
         last.stride = dataOffset - last.dataOffset;
         last.count++;
         return;

@@ -41,8 +41,8 @@ export interface VmDescription {
   raw: Record<string, unknown>;
 }
 
-/** The JSON is at most this long; QEMU's are tens of KiB. */
-export const MAX_VMDESC = 64 << 20;
+/** The JSON is at most this long; QEMU's are tens of KiB (analyze-migration.py looks at the last 10 MiB). */
+export const MAX_VMDESC = 16 << 20;
 
 /**
  * Finds the description's header in `chunk` (file bytes from `base`): the

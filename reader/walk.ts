@@ -19,6 +19,7 @@ import {
   Section,
 } from '../format/constants.js';
 import { decodeConfiguration } from '../format/configuration.js';
+import type { ByteCursor } from '../format/cursor.js';
 import { FormatCode, RamsnapFormatError } from '../format/errors.js';
 import { toSafeNumber } from '../format/int64.js';
 import { LegacyIndex } from '../format/legacy-index.js';
@@ -52,12 +53,17 @@ export const MAX_DEVICE_SECTION = 64 << 20;
 export const MAX_BITMAP_MEMORY = 128 << 20;
 /** Runs in a legacy index (memory bound for hostile streams of alternating records). */
 export const MAX_LEGACY_RUNS = 2_000_000;
+/** Bytes of stream parsed at a time for page records. */
+const RECORD_WINDOW = 1 << 20;
+const KNOWN_RECORD_FLAGS = RamFlag.ZERO | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE | RamFlag.MULTIFD_FLUSH | RamFlag.XBZRLE;
+/** Most bytes a legacy PAGE record adds before its page: be64 header, u8 length and a 255-byte name. */
+export const LEGACY_RECORD_OVERHEAD = 8 + 1 + 255;
 /** Bytes of the configuration section: a machine name and a few capability names. */
 const MAX_CONFIGURATION = 64 * 1024;
 /** Sections and commands in one stream: real ones have hundreds to thousands. */
 export const MAX_SECTIONS = 1_000_000;
 /** How far from the end the device description is looked for (analyze-migration.py looks at 10 MiB). */
-export const VMDESC_SEARCH = 16 << 20;
+export const VMDESC_SEARCH = MAX_VMDESC + 5;
 const VMDESC_STEP = 1 << 20;
 
 export async function walkStream(source: RandomAccessSource, opts: WalkOptions): Promise<SnapshotModel> {
@@ -97,6 +103,8 @@ class Walker {
   private blocksByName = new Map<string, RamBlock>();
   private openSections = new Map<number, SectionRecord>();
   private startedIds = new Set<number>();
+  /** Where configuration fields were read, for errors about them. */
+  private configOffsets: Record<string, number> = {};
   private lastBlock: RamBlock | undefined;
   private bitmapMemory = 0;
   private legacyRuns = 0;
@@ -128,7 +136,7 @@ class Walker {
       await r.u8('section.type');
       c = await r.cursor(MAX_CONFIGURATION);
       try {
-        m.configuration = decodeConfiguration(c);
+        m.configuration = decodeConfiguration(c, this.configOffsets, c.pos + c.remaining >= this.source.size);
       } catch (err) {
         // Running off a window that stops short of the end of the file is a broken section, not a cut file.
         if (err instanceof RamsnapFormatError && err.code === FormatCode.TRUNCATED && c.pos + c.remaining < this.source.size) {
@@ -231,22 +239,29 @@ class Walker {
     const m = this.model;
     if (m.configuration?.targetPageBits !== undefined) {
       const bits = m.configuration.targetPageBits;
-      if (bits < 10 || bits > 30) {
+      const at = this.configOffsets['configuration/target-page-bits.value'] ?? this.opts.streamOffset;
+      if (bits < 10 || bits > 16) {
         throw new RamsnapFormatError(FormatCode.BAD_PAGE_SIZE, 'target page bits out of range', {
           field: 'configuration/target-page-bits',
-          offset: this.opts.streamOffset,
-          expected: '10..30',
+          offset: at,
+          expected: '10..16',
           actual: bits,
         });
       }
       m.pageSize = 2 ** bits;
     } else if (m.vmdesc?.desc.page_size !== undefined) {
       m.pageSize = m.vmdesc.desc.page_size;
+      checkPageSize(m.pageSize, 'vmdescription.page_size', m.vmdesc.offset + 5);
     } else if (!m.pageSize) {
       // sun4u/sun4v (sparc64) use 8 KiB target pages; every other QEMU target that saves RAM uses 4 KiB.
       m.pageSize = /^sun4[uv]/.test(m.configuration?.machine ?? '') ? 8192 : 4096;
     }
-    if (this.opts.pageSize && this.opts.pageSize !== m.pageSize) m.pageSize = this.opts.pageSize;
+    if (this.opts.pageSize && this.opts.pageSize !== m.pageSize) {
+      if (m.configuration?.targetPageBits !== undefined || m.vmdesc?.desc.page_size !== undefined) {
+        this.warn('PAGE_SIZE_OVERRIDDEN', `--page-size ${this.opts.pageSize} overrides the stream's page size ${m.pageSize}`, 'page_size', this.opts.streamOffset);
+      }
+      m.pageSize = this.opts.pageSize;
+    }
     checkPageSize(m.pageSize, 'page_size', this.opts.streamOffset);
   }
 
@@ -337,7 +352,7 @@ class Walker {
         FormatCode.UNDESCRIBED_SECTION,
         m.vmdesc
           ? `section ${rec.name} (instance ${rec.instanceId}) is not in the device description, so its length is unknown`
-          : `section ${rec.name} cannot be parsed: the file has no device description`,
+          : `section ${rec.name} cannot be parsed: the file has no device description (is the end of the file missing?)`,
         { field: `section[${rec.name}]`, offset: rec.offset },
       );
     }
@@ -424,7 +439,8 @@ class Walker {
       r.commit(c);
       if (usedLength % m.pageSize !== 0) throw badLength(field, lenAt, usedLength, m.pageSize);
       block.pages = usedLength / m.pageSize;
-      block.legacy = new LegacyIndex();
+      // A record is be64 + (u8 + name) + page: pages of consecutive records are at most that far apart.
+      block.legacy = new LegacyIndex(m.pageSize + LEGACY_RECORD_OVERHEAD);
     }
     return block;
   }
@@ -442,7 +458,7 @@ class Walker {
       });
     }
     checkPageSize(h.pageSize, `${field}.mapped_ram.page_size`, headerOffset + 4);
-    const first = m.blocks[0];
+    const first = m.blocks.find((b) => b !== block && b.mappedRam);
     if (first && first.pageSize !== h.pageSize) {
       throw new RamsnapFormatError(FormatCode.PAGE_SIZE_MISMATCH, 'blocks disagree on the page size', {
         field: `${field}.mapped_ram.page_size`,
@@ -533,128 +549,148 @@ class Walker {
       });
     }
     this.endSegment(headerEnd);
-    this.regions.push({ start: h.bitmapOffset, end: h.bitmapOffset + bitmapSize, what: `bitmap of ${block.name}` });
-    this.regions.push({ start: h.pagesOffset, end: h.pagesOffset + block.usedLength, what: `pages of ${block.name}` });
+    this.regions.push({ start: h.bitmapOffset, end: h.bitmapOffset + bitmapSize, what: `${field}.bitmap` });
+    this.regions.push({ start: h.pagesOffset, end: h.pagesOffset + block.usedLength, what: `${field}.pages` });
     // The stream goes on after the block's page region.
     this.r.pos = h.pagesOffset + block.usedLength;
     this.segmentStart = this.r.pos;
   }
 
-  /** Page records up to EOS, in any part of the RAM section. */
+  /**
+   * Page records up to EOS, in any part of the RAM section. A legacy stream
+   * has a record per page, so records are parsed synchronously from a
+   * window of RECORD_WINDOW bytes, refilled when the next record might not
+   * fit, rather than with an await per field.
+   */
   private async ramRecords(): Promise<void> {
-    const m = this.model;
     const r = this.r;
-    const mask = BigInt(m.pageSize - 1);
+    const maxRecord = LEGACY_RECORD_OVERHEAD + this.model.pageSize;
     for (;;) {
-      const at = r.pos;
-      const v = await r.be64('ram.record');
-      const flags = Number(v & mask);
-      const addr = toSafeNumber(v & ~mask, 'ram.record.offset', at);
-      const known = RamFlag.ZERO | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE | RamFlag.MULTIFD_FLUSH | RamFlag.XBZRLE;
-      if ((flags & ~known) !== 0) {
-        throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'RAM record has unknown or obsolete flags', {
-          field: 'ram.record.flags',
-          offset: at,
-          actual: `0x${flags.toString(16)}`,
-        });
-      }
-      if (flags & RamFlag.EOS) {
-        if (flags !== RamFlag.EOS || addr !== 0) {
-          throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'end-of-section record carries other flags or an offset', {
-            field: 'ram.record.flags',
-            offset: at,
-            actual: `0x${v.toString(16)}`,
-          });
+      const c = await r.cursor(Math.max(RECORD_WINDOW, maxRecord));
+      const reachesEof = c.pos + c.remaining >= this.source.size;
+      // Near the end of the file the last records are parsed from what is there (a cut one is TRUNCATED).
+      while (reachesEof || c.remaining >= maxRecord) {
+        if (this.ramRecord(c)) {
+          r.commit(c);
+          return;
         }
-        return;
       }
-      if (flags === RamFlag.MULTIFD_FLUSH) {
-        if (m.mappedRam || addr !== 0) {
-          // QEMU's mapped-ram loader refuses it ("Unexpected RAM flags"): mapped-ram syncs through the file.
-          throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, m.mappedRam ? 'multifd flush record in a mapped-ram stream' : 'multifd flush record carries an offset', {
-            field: 'ram.record.flags',
-            offset: at,
-            actual: `0x${v.toString(16)}`,
-          });
-        }
-        continue;
-      }
-      const kind = flags & ~RamFlag.CONTINUE;
-      if (kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE) {
-        throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'RAM record has no page type', {
-          field: 'ram.record.flags',
-          offset: at,
-          actual: `0x${flags.toString(16)}`,
-        });
-      }
-      if (m.mappedRam) {
-        throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'page record in a mapped-ram stream (pages belong at their file offsets)', {
-          field: 'ram.record.flags',
-          offset: at,
-          actual: `0x${flags.toString(16)}`,
-        });
-      }
-      let block: RamBlock | undefined;
-      if (flags & RamFlag.CONTINUE) {
-        block = this.lastBlock;
-        if (!block) {
-          throw new RamsnapFormatError(FormatCode.UNKNOWN_BLOCK, 'CONTINUE record with no block before it', { field: 'ram.record.flags', offset: at });
-        }
-      } else {
-        const nameAt = r.pos;
-        const name = await r.string8('ram.record.block');
-        block = this.blocksByName.get(name);
-        if (!block) {
-          throw new RamsnapFormatError(FormatCode.UNKNOWN_BLOCK, `page record for unknown RAMBlock ${JSON.stringify(name)}`, {
-            field: 'ram.record.block',
-            offset: nameAt,
-          });
-        }
-        this.lastBlock = block;
-      }
-      if (addr >= block.usedLength) {
-        throw new RamsnapFormatError(FormatCode.PAGE_OUT_OF_BLOCK, `page offset past the end of ${block.name}`, {
-          field: `ramblock[${block.name}].page`,
-          offset: at,
-          expected: `< ${block.usedLength}`,
-          actual: addr,
-        });
-      }
-      const page = addr / m.pageSize;
-      const index = block.legacy as LegacyIndex;
-      const before = index.runs.length;
-      if (kind === RamFlag.ZERO) {
-        const fillAt = r.pos;
-        const fill = await r.u8('ram.record.fill');
-        if (fill !== 0) {
-          // QEMU's loader refuses these too ("Found a zero page with value").
-          throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'ZERO record with a non-zero fill byte', {
-            field: 'ram.record.fill',
-            offset: fillAt,
-            expected: 0,
-            actual: fill,
-          });
-        }
-        index.add(page, -1);
-      } else if (kind === RamFlag.PAGE) {
-        index.add(page, r.pos);
-        await r.skip(m.pageSize, `ramblock[${block.name}].page[${page}]`);
-      } else {
-        throw new RamsnapFormatError(FormatCode.UNSUPPORTED, 'XBZRLE-encoded pages are not supported', { field: 'ram.record.flags', offset: at });
-      }
-      this.legacyRuns += index.runs.length - before;
-      if (this.legacyRuns > MAX_LEGACY_RUNS) {
-        throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'legacy stream is too fragmented to index', {
-          field: 'ram.record',
-          offset: at,
-          expected: `<= ${MAX_LEGACY_RUNS} runs`,
-        });
-      }
+      r.commit(c);
     }
   }
 
+  /** One RAM record; true at EOS. */
+  private ramRecord(c: ByteCursor): boolean {
+    const m = this.model;
+    const mask = BigInt(m.pageSize - 1);
+    const at = c.pos;
+    const v = c.be64('ram.record');
+    const flags = Number(v & mask);
+    const addr = toSafeNumber(v & ~mask, 'ram.record.offset', at);
+    if ((flags & ~KNOWN_RECORD_FLAGS) !== 0) {
+      throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'RAM record has unknown or obsolete flags', {
+        field: 'ram.record.flags',
+        offset: at,
+        actual: `0x${flags.toString(16)}`,
+      });
+    }
+    if (flags & RamFlag.EOS) {
+      if (flags !== RamFlag.EOS || addr !== 0) {
+        throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'end-of-section record carries other flags or an offset', {
+          field: 'ram.record.flags',
+          offset: at,
+          actual: `0x${v.toString(16)}`,
+        });
+      }
+      return true;
+    }
+    if (flags === RamFlag.MULTIFD_FLUSH) {
+      if (m.mappedRam || addr !== 0) {
+        // QEMU's mapped-ram loader refuses it ("Unexpected RAM flags"): mapped-ram syncs through the file.
+        throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, m.mappedRam ? 'multifd flush record in a mapped-ram stream' : 'multifd flush record carries an offset', {
+          field: 'ram.record.flags',
+          offset: at,
+          actual: `0x${v.toString(16)}`,
+        });
+      }
+      return false;
+    }
+    const kind = flags & ~RamFlag.CONTINUE;
+    if (kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE) {
+      throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'RAM record has no page type', {
+        field: 'ram.record.flags',
+        offset: at,
+        actual: `0x${flags.toString(16)}`,
+      });
+    }
+    if (m.mappedRam) {
+      throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'page record in a mapped-ram stream (pages belong at their file offsets)', {
+        field: 'ram.record.flags',
+        offset: at,
+        actual: `0x${flags.toString(16)}`,
+      });
+    }
+    let block: RamBlock | undefined;
+    if (flags & RamFlag.CONTINUE) {
+      block = this.lastBlock;
+      if (!block) {
+        throw new RamsnapFormatError(FormatCode.UNKNOWN_BLOCK, 'CONTINUE record with no block before it', { field: 'ram.record.flags', offset: at });
+      }
+    } else {
+      const nameAt = c.pos;
+      const name = c.string8('ram.record.block');
+      block = this.blocksByName.get(name);
+      if (!block) {
+        throw new RamsnapFormatError(FormatCode.UNKNOWN_BLOCK, `page record for unknown RAMBlock ${JSON.stringify(name)}`, {
+          field: 'ram.record.block',
+          offset: nameAt,
+        });
+      }
+      this.lastBlock = block;
+    }
+    if (addr >= block.usedLength) {
+      throw new RamsnapFormatError(FormatCode.PAGE_OUT_OF_BLOCK, `page offset past the end of ${block.name}`, {
+        field: `ramblock[${block.name}].page`,
+        offset: at,
+        expected: `< ${block.usedLength}`,
+        actual: addr,
+      });
+    }
+    const page = addr / m.pageSize;
+    const index = block.legacy as LegacyIndex;
+    const before = index.runs.length;
+    if (kind === RamFlag.ZERO) {
+      const fillAt = c.pos;
+      const fill = c.u8('ram.record.fill');
+      if (fill !== 0) {
+        // QEMU's loader refuses these too ("Found a zero page with value").
+        throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'ZERO record with a non-zero fill byte', {
+          field: 'ram.record.fill',
+          offset: fillAt,
+          expected: 0,
+          actual: fill,
+        });
+      }
+      index.add(page, -1);
+    } else if (kind === RamFlag.PAGE) {
+      index.add(page, c.pos);
+      c.skip(m.pageSize, `ramblock[${block.name}].page[${page}]`);
+    } else {
+      throw new RamsnapFormatError(FormatCode.UNSUPPORTED, 'XBZRLE-encoded pages are not supported', { field: 'ram.record.flags', offset: at });
+    }
+    this.legacyRuns += index.runs.length - before;
+    if (this.legacyRuns > MAX_LEGACY_RUNS) {
+      throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'legacy stream is too fragmented to index', {
+        field: 'ram.record',
+        offset: at,
+        expected: `<= ${MAX_LEGACY_RUNS} runs`,
+      });
+    }
+    return false;
+  }
+
   private endSegment(end: number): void {
-    if (end > this.segmentStart) this.regions.push({ start: this.segmentStart, end, what: 'stream' });
+    if (end > this.segmentStart) this.regions.push({ start: this.segmentStart, end, what: `stream[${this.segmentStart}..${end})` });
     this.segmentStart = end;
   }
 

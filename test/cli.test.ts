@@ -7,9 +7,6 @@
  * 2 usage), errors as one `ramsnap: ` line on stderr with no stack trace,
  * output files that stay inside the output directory, never follow a
  * symlink and never silently replace anything.
- *
- * Tests marked it.fails pin a bug (comment BUG:); they start failing when
- * the bug is fixed, and the mark should then go.
  */
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -64,23 +61,19 @@ function spawnRun(args: string[]): Promise<Run> {
   });
 }
 
-/** Usage errors print "Try 'ramsnap --help'." as a second line (BUG, pinned below); tolerated here only. */
-const TRY_HELP = "Try 'ramsnap --help'.";
-
 /** A failure as the README promises it: one line `ramsnap: ...` on stderr, no stack trace. */
 function expectErrorLine(r: Run, exit: number, start: RegExp): string {
   expect(r.code, r.stderr).toBe(exit);
   expect(r.stderr).not.toMatch(/^\s+at /m);
   expect(r.stderr.endsWith('\n')).toBe(true);
-  let lines = r.stderr.slice(0, -1).split('\n');
-  if (exit === 2 && lines.length === 2 && lines[1] === TRY_HELP) lines = lines.slice(0, 1);
+  const lines = r.stderr.slice(0, -1).split('\n');
   expect(lines).toHaveLength(1);
   expect(lines[0]).toMatch(/^ramsnap: /);
   expect(lines[0]).toMatch(start);
   return lines[0];
 }
 
-/** Exactly one stderr line, strictly (for the BUG pins). */
+/** Exactly one stderr line, strictly. */
 function oneLine(r: Run): void {
   expect(r.stderr).toMatch(/^ramsnap: [^\n]*\n$/);
 }
@@ -196,24 +189,24 @@ describe.concurrent('help and usage', () => {
     expectErrorLine(runs[4], 2, /--page-size/);
   });
 
-  // BUG: an impossible --page-size is reported as a format error of the
+  // Regression (was a bug): an impossible --page-size is reported as a format error of the
   // file (exit 1, "BAD_PAGE_SIZE ... page_size at offset 0"), not as a bad
   // flag (exit 2); reader/walk.ts decidePageSize() checks the option like a
   // value read from the file. (--page-size 0 is silently ignored.)
   // Repro: node dist/analyze/bin.js info legacy.snap --page-size 3000
-  it.fails('BUG: --page-size 3000 is a usage error (exit 2)', async () => {
+  it('--page-size 3000 is a usage error (exit 2)', async () => {
     const r = await ramsnap('info', file('names.snap'), '--page-size', '3000');
     expect(r.code).toBe(2);
   });
 
-  // BUG: usage errors write a second line ("Try 'ramsnap --help'.") and no
+  // Regression (was a bug): usage errors write a second line ("Try 'ramsnap --help'.") and no
   // code, where the README promises one line `ramsnap: CODE: message`
   // (analyze/cli.ts report(), the RamsnapUsageError branch).
   // Repro: node dist/analyze/bin.js info vm.snap --offset abc
-  it.fails('BUG: a usage error is one stderr line', async () => {
+  it('a usage error is one stderr line', async () => {
     oneLine(await ramsnap('info', file('vm.snap'), '--offset', 'abc'));
   });
-  it.fails('BUG: a usage error line carries its code', async () => {
+  it('a usage error line carries its code', async () => {
     const r = await ramsnap('info', file('vm.snap'), '--offset', 'abc');
     expect(r.stderr).toMatch(/^ramsnap: BAD_NUMBER: /);
   });
@@ -285,13 +278,13 @@ describe.concurrent('info', () => {
     expect(r.stdout).toContain('ctl\\x1b[31m\\x07bell');
   });
 
-  // BUG: info prints the error message raw, on stdout ("complete  no: ...")
+  // Regression (was a bug): info prints the error message raw, on stdout ("complete  no: ...")
   // and stderr; the message's field holds the block name, so a block named
   // "evil\x1b[2J" clears the user's terminal. (analyze/commands/info.ts and
   // analyze/cli.ts report() do not pass messages through printable().)
   // Repro: a mapped-ram file with a block named "evil\x1b[2J" and a bad
   // mapped-ram header version; node dist/analyze/bin.js info FILE | cat -v
-  it.fails('BUG: error messages naming a hostile block are escaped on stdout and stderr', async () => {
+  it('error messages naming a hostile block are escaped on stdout and stderr', async () => {
     const r = await ramsnap('info', file('esc.snap'));
     expect(r.code).toBe(1);
     expect(r.stdout).not.toMatch(CONTROL);
@@ -331,10 +324,10 @@ describe.concurrent('verify', () => {
     expect(j.checks.find((c: { status: string }) => c.status === 'fail').error.code).toBe('PAGES_OUT_OF_FILE');
   });
 
-  // BUG: verify exits 1 on an invalid file with nothing on stderr, where the
+  // Regression (was a bug): verify exits 1 on an invalid file with nothing on stderr, where the
   // README promises the error as one `ramsnap: CODE: ...` line (info does
   // it). Repro: node dist/analyze/bin.js verify bad.snap 2>&1 >/dev/null
-  it.fails('BUG: verify of an invalid file prints the error line on stderr', async () => {
+  it('verify of an invalid file prints the error line on stderr', async () => {
     const r = await ramsnap('verify', file('bad.snap'));
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^ramsnap: BAD_MAPPED_RAM_VERSION: [^\n]*\n$/);
@@ -485,11 +478,11 @@ describe.concurrent('extract', () => {
     expect(j.outputs).toEqual([expect.objectContaining({ block: 'pc.ram', trusted: false, note: expect.stringContaining('page region') })]);
   });
 
-  // BUG: extract --salvage of an invalid file exits 1 with nothing on
+  // Regression (was a bug): extract --salvage of an invalid file exits 1 with nothing on
   // stderr (the reason is only on stdout), unlike info; the README promises
   // the error as one stderr line. Repro: node dist/analyze/bin.js extract
   // cut.snap -o out --salvage 2>&1 >/dev/null
-  it.fails('BUG: extract --salvage of an invalid file prints the error line on stderr', async () => {
+  it('extract --salvage of an invalid file prints the error line on stderr', async () => {
     const r = await ramsnap('extract', file('cut.snap'), '-o', file('x10'), '--salvage');
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^ramsnap: PAGES_OUT_OF_FILE: [^\n]*\n$/);
@@ -551,11 +544,11 @@ describe.concurrent('read', () => {
     expect(stderr).toBe('');
   });
 
-  // BUG: the unknown-block message lists the file's block names raw
+  // Regression (was a bug): the unknown-block message lists the file's block names raw
   // (reader/snapshot.ts Snapshot.block()), so a hostile name reaches the
   // terminal. Repro: node dist/analyze/bin.js read names.snap --block nope
   // --at 0 --length 1   (a block named "ctl\x1b[31m\x07bell" rings the bell)
-  it.fails('BUG: the unknown-block message escapes the names it lists', async () => {
+  it('the unknown-block message escapes the names it lists', async () => {
     const r = await ramsnap('read', file('names.snap'), '--block', 'nope', '--at', '0', '--length', '1');
     expect(r.code).toBe(2);
     expect(r.stderr).not.toMatch(CONTROL);

@@ -6,7 +6,7 @@ import { blockFileNames, extractBlock, type ExtractResult } from '../../reader/e
 import type { RamBlock } from '../../reader/model.js';
 import { Snapshot } from '../../reader/snapshot.js';
 import { EXIT_INVALID } from '../exit.js';
-import { bytes, printable } from '../human.js';
+import { bytes, errorLine, printable } from '../human.js';
 import { errorJson } from '../open.js';
 import { openOptions, withCommon, type CommonArgs } from '../options.js';
 import { progressBar } from '../progress.js';
@@ -47,7 +47,7 @@ export async function handler(args: ArgumentsCamelCase<ExtractArgs>): Promise<vo
     const m = snap.model;
     const plan = planOutputs(snap, args);
     const total = plan.reduce((n, p) => n + p.block.usedLength, 0);
-    const bar = progressBar(total, 'extract');
+    const bar = await progressBar(total, 'extract');
     const results: (ExtractResult & { trusted: boolean; note?: string })[] = [];
     let base = 0;
     try {
@@ -69,7 +69,10 @@ export async function handler(args: ArgumentsCamelCase<ExtractArgs>): Promise<vo
       }
       if (m.error) process.stdout.write(`salvaged from an invalid file: ${m.error.code}: ${printable(m.error.message)}\n`);
     }
-    if (m.error) process.exitCode = EXIT_INVALID;
+    if (m.error) {
+      process.stderr.write(`${errorLine(m.error)}\n`);
+      process.exitCode = EXIT_INVALID;
+    }
   } finally {
     await snap.close();
   }

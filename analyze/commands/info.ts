@@ -1,5 +1,5 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
-import { bytes, hex, printable, table } from '../human.js';
+import { bytes, errorLine, hex, printable, table } from '../human.js';
 import { modelJson, openLenient, allocatedBytes } from '../open.js';
 import { openOptions, withCommon, type CommonArgs } from '../options.js';
 import { EXIT_INVALID } from '../exit.js';
@@ -31,8 +31,8 @@ export async function handler(args: ArgumentsCamelCase<CommonArgs>): Promise<voi
       lines.push(`kind          ${m.mappedRam ? 'mapped-ram' : 'legacy (sequential)'}, page size ${m.pageSize}`);
       if (m.ramTotal !== undefined) lines.push(`RAM           ${bytes(m.ramTotal)} in ${m.blocks.length} blocks`);
       lines.push(`devices       ${m.devices.length} device sections${m.vmdesc ? `, description ${bytes(m.vmdesc.length)} at ${hex(m.vmdesc.offset)}` : ', no description'}`);
-      lines.push(`complete      ${m.complete ? 'yes' : `no: ${m.error?.code}: ${m.error?.message}`}`);
-      for (const w of m.warnings) lines.push(`warning       ${w.code}: ${w.message}`);
+      lines.push(`complete      ${m.complete ? 'yes' : `no: ${m.error?.code}: ${printable(m.error?.message ?? '')}`}`);
+      for (const w of m.warnings) lines.push(`warning       ${w.code}: ${printable(w.message)}`);
       process.stdout.write(lines.join('\n') + '\n\n');
       const rows = [['block', 'used length', 'pages present', 'bytes present', 'pages at']];
       for (const b of m.blocks) {
@@ -41,7 +41,7 @@ export async function handler(args: ArgumentsCamelCase<CommonArgs>): Promise<voi
       process.stdout.write(table(rows, [1, 2, 3]) + '\n');
     }
     if (m.error) {
-      process.stderr.write(`ramsnap: ${m.error.code}: ${m.error.message}\n`);
+      process.stderr.write(`${errorLine(m.error)}\n`);
       process.exitCode = EXIT_INVALID;
     }
   } finally {

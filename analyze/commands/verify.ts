@@ -1,6 +1,6 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { FormatCode } from '../../format/errors.js';
-import { hex, printable } from '../human.js';
+import { errorLine, hex, printable } from '../human.js';
 import { errorJson, openLenient } from '../open.js';
 import { openOptions, withCommon, type CommonArgs } from '../options.js';
 import { EXIT_INVALID } from '../exit.js';
@@ -59,7 +59,10 @@ export async function handler(args: ArgumentsCamelCase<CommonArgs>): Promise<voi
         process.stdout.write(`\n${printable(args.file)}: OK: complete ${m.mappedRam ? 'mapped-ram' : 'legacy'} snapshot, ${m.blocks.length} blocks, ${present} bytes present, ${m.devices.length} device sections\n`);
       }
     }
-    if (err) process.exitCode = EXIT_INVALID;
+    if (err) {
+      process.stderr.write(`${errorLine(err)}\n`);
+      process.exitCode = EXIT_INVALID;
+    }
   } finally {
     await snap.close();
   }

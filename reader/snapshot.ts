@@ -95,7 +95,11 @@ export class Snapshot {
    * became zero but does not rewrite its bytes). One positional read per
    * run of present pages.
    */
-  async read(blockName: string | RamBlock, at: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+  /**
+   * `scratch`, when given, holds a legacy run's record span (page bytes with
+   * record headers between them) instead of a new buffer per call.
+   */
+  async read(blockName: string | RamBlock, at: number, length: number, into?: Uint8Array, scratch?: Uint8Array): Promise<Uint8Array> {
     const block = typeof blockName === 'string' ? this.block(blockName) : blockName;
     if (!Number.isSafeInteger(at) || !Number.isSafeInteger(length) || at < 0 || length < 0 || at + length > block.usedLength) {
       throw new RamsnapUsageError('OUT_OF_RANGE', `range ${at}+${length} is outside block ${block.name} (${block.usedLength} bytes)`, 'at');
@@ -121,7 +125,8 @@ export class Snapshot {
         const p0 = Math.floor((runStart - run.first * ps) / ps);
         const p1 = Math.ceil((runEnd - run.first * ps) / ps);
         const spanStart = run.fileOffset + p0 * run.stride;
-        const span = await this.source.read(spanStart, (p1 - p0 - 1) * run.stride + ps, `ramblock[${block.name}].pages`);
+        const spanLength = (p1 - p0 - 1) * run.stride + ps;
+        const span = await this.source.read(spanStart, spanLength, `ramblock[${block.name}].pages`, scratch && scratch.length >= spanLength ? scratch : undefined);
         let dst = runStart - at;
         for (let p = p0; p < p1; p++) {
           const from = (p - p0) * run.stride + (p === p0 ? pIn : 0);

@@ -12,6 +12,7 @@ import { checkRange, type RandomAccessSource } from './source.js';
  * allocated per record); decoders of larger structures get a ByteCursor.
  */
 export class StreamReader {
+  private buffer: Uint8Array = new Uint8Array(0);
   private window: Uint8Array = new Uint8Array(0);
   private view: DataView = new DataView(new ArrayBuffer(0));
   private windowStart = 0;
@@ -34,8 +35,11 @@ export class StreamReader {
   private async fill(n: number): Promise<number> {
     const idx = this.pos - this.windowStart;
     if (idx >= 0 && idx + n <= this.window.length) return idx;
-    const len = Math.min(Math.max(n, this.windowSize), this.source.size - this.pos);
-    this.window = len > 0 ? await this.source.read(this.pos, len, 'stream') : new Uint8Array(0);
+    const len = Math.max(0, Math.min(Math.max(n, this.windowSize), this.source.size - this.pos));
+    // One buffer, grown when a larger window is asked for, reused for every refill.
+    // Nothing keeps a view into it across refills: decoders return strings and numbers.
+    if (this.buffer.length < len) this.buffer = new Uint8Array(len);
+    this.window = await this.source.read(this.pos, len, 'stream', this.buffer);
     this.view = new DataView(this.window.buffer, this.window.byteOffset, this.window.byteLength);
     this.windowStart = this.pos;
     return 0;

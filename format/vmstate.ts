@@ -41,13 +41,27 @@ const MAX_VALUES = 4_000_000;
 interface DecodeState {
   values: number;
   section: string;
+  /** Build the values; false only measures and checks the section (a walk that just needs its length). */
+  build: boolean;
 }
 
 export function decodeDeviceState(c: ByteCursor, dev: VmStruct & { name?: string }, versionId: number): StateMap {
   void versionId; // The description already matches the version QEMU wrote.
-  const state: DecodeState = { values: 0, section: dev.name ?? dev.vmsd_name };
+  const state: DecodeState = { values: 0, section: dev.name ?? dev.vmsd_name, build: true };
   return decodeStruct(c, dev, state.section, 0, state);
 }
+
+/**
+ * Moves the cursor past a device section, checking the same markers as
+ * decodeDeviceState but building no values: opening a file needs only
+ * where each section ends, and formatting every register costs more than
+ * the rest of the walk.
+ */
+export function skipDeviceState(c: ByteCursor, dev: VmStruct & { name?: string }): void {
+  decodeStruct(c, dev, dev.name ?? dev.vmsd_name, 0, { values: 0, section: dev.name ?? dev.vmsd_name, build: false });
+}
+
+const EMPTY: StateMap = new Map();
 
 function decodeStruct(c: ByteCursor, s: VmStruct, path: string, depth: number, st: DecodeState): StateMap {
   if (depth > MAX_DEPTH) {
@@ -56,7 +70,7 @@ function decodeStruct(c: ByteCursor, s: VmStruct, path: string, depth: number, s
   if (!Array.isArray(s.fields)) {
     throw new RamsnapFormatError(FormatCode.BAD_DEVICE_DESCRIPTION, `description of ${s.vmsd_name} has no fields`, { field: path, offset: c.pos });
   }
-  const out: StateMap = new Map();
+  const out: StateMap = st.build ? new Map() : EMPTY;
   for (const f of s.fields) {
     const n = f.array_len ?? 1;
     for (let i = 0; i < n; i++) {
@@ -67,7 +81,8 @@ function decodeStruct(c: ByteCursor, s: VmStruct, path: string, depth: number, s
           expected: `<= ${MAX_VALUES}`,
         });
       }
-      const v = decodeField(c, f, `${path}.${f.name}`, depth, st);
+      const v = decodeField(c, f, st.build ? `${path}.${f.name}` : path, depth, st);
+      if (!st.build) continue;
       const prev = out.get(f.name);
       if (prev === undefined) out.set(f.name, v);
       else if (Array.isArray(prev)) prev.push(v);
@@ -87,7 +102,8 @@ function decodeStruct(c: ByteCursor, s: VmStruct, path: string, depth: number, s
     }
     const name = c.string8(`${path}.subsection.name`);
     c.be32(`${path}[${name}].version_id`);
-    out.set(name, decodeStruct(c, sub, `${path}[${name}]`, depth + 1, st));
+    const v = decodeStruct(c, sub, `${path}[${name}]`, depth + 1, st);
+    if (st.build) out.set(name, v);
   }
   return out;
 }
@@ -98,11 +114,13 @@ function decodeField(c: ByteCursor, f: VmField, path: string, depth: number, st:
     return decodeStruct(c, f.struct, path, depth + 1, st);
   }
   if (f.type === 'capability') {
-    return latin1(c.bytesView(c.u8(`${path}.length`), path));
+    const bytes = c.bytesView(c.u8(`${path}.length`), path);
+    return st.build ? latin1(bytes) : '';
   }
   const size = f.size ?? 0;
   const at = c.pos;
   const bytes = c.bytesView(size, path);
+  if (!st.build && f.type !== 'nullptr') return '';
   if (SIGNED.has(f.type) || UNSIGNED.has(f.type)) return formatInt(bytes, SIGNED.has(f.type));
   if (f.type === 'bool') return size > 0 && bytes[0] !== 0;
   if (f.type === 'nullptr') {

@@ -33,7 +33,7 @@ import {
   decodeSectionStart,
 } from '../format/section.js';
 import { MAX_VMDESC, findDevice, locateVmDescription, parseVmDescription } from '../format/vmdesc.js';
-import { decodeDeviceState } from '../format/vmstate.js';
+import { decodeDeviceState, skipDeviceState } from '../format/vmstate.js';
 import type { RamBlock, SectionRecord, SnapshotModel } from './model.js';
 import type { RandomAccessSource } from './source.js';
 import { StreamReader } from './stream-reader.js';
@@ -361,7 +361,8 @@ class Walker {
     const c = await r.cursor(Math.max(0, Math.min(MAX_DEVICE_SECTION, available)));
     let value;
     try {
-      value = decodeDeviceState(c, dev, rec.versionId);
+      if (this.opts.decodeDevices) value = decodeDeviceState(c, dev, rec.versionId);
+      else skipDeviceState(c, dev);
     } catch (err) {
       if (err instanceof RamsnapFormatError && err.code === FormatCode.TRUNCATED) {
         // The description is after EOF: running into it means the fields do not match the section.
@@ -375,7 +376,7 @@ class Walker {
       throw err;
     }
     r.commit(c);
-    m.devices.push({ section: rec, value: this.opts.decodeDevices ? value : undefined });
+    m.devices.push({ section: rec, value });
   }
 
   /** The MEM_SIZE record and the block list of the RAM section's START. */

@@ -81,7 +81,7 @@ function decodeStruct(c: ByteCursor, s: VmStruct, path: string, depth: number, s
           expected: `<= ${MAX_VALUES}`,
         });
       }
-      const v = decodeField(c, f, st.build ? `${path}.${f.name}` : path, depth, st);
+      const v = decodeField(c, f, `${path}.${f.name}`, depth, st);
       if (!st.build) continue;
       const prev = out.get(f.name);
       if (prev === undefined) out.set(f.name, v);

@@ -1,0 +1,39 @@
+/**
+ * Positional writes to a file, the writer's counterpart of
+ * RandomAccessSource, with every OS error turned into a RamsnapIoError
+ * (disk full is IO_ENOSPC).
+ */
+import fs from 'node:fs';
+import { ioError } from '../format/errors.js';
+
+export class FileSink {
+  constructor(
+    readonly path: string,
+    readonly fd: number,
+  ) {}
+
+  write(position: number, data: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const step = (done: number): void => {
+        if (done === data.length) return resolve();
+        fs.write(this.fd, data, done, data.length - done, position + done, (err, n) => {
+          if (err) return reject(ioError(err, this.path, 'write'));
+          step(done + n);
+        });
+      };
+      step(0);
+    });
+  }
+
+  truncate(size: number): Promise<void> {
+    return new Promise((resolve, reject) => fs.ftruncate(this.fd, size, (err) => (err ? reject(ioError(err, this.path, 'resize')) : resolve())));
+  }
+
+  sync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fsync(this.fd, (err) => (err ? reject(ioError(err, this.path, 'sync')) : resolve())));
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => fs.close(this.fd, () => resolve()));
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * Writes a mapped-ram snapshot that QEMU restores.
+ *
+ * Reserve, then patch: the stream head and every block header are written
+ * when the writer is created, pages are written at their fixed offsets as
+ * they come (any page any number of times: the file does not grow), and the
+ * bitmaps and the rest of the stream are written by finalize(), as QEMU
+ * does: a bitmap written last is what makes the pages valid. The file is
+ * built under a temporary name in the target's directory, fsynced, and
+ * only then renamed to the target, so an interrupted or failed write never
+ * leaves a file at the target path.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { clearBit, setRange, testBit } from '../format/bitmap.js';
+import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
+import { LayoutError, encodeBlockEntry, planLayout, type BlockPlan, type LayoutPlan, type PlanOptions } from '../format/layout.js';
+import { encodeTail, type DeviceState } from '../format/tail.js';
+import { FileSink } from './sink.js';
+
+export interface WriterOptions extends PlanOptions {
+  /** Device sections and description to put after the RAM (from a template); none: a RAM-only stream. */
+  device?: DeviceState;
+  /** Bytes before the stream (with streamOffset), e.g. a libvirt header; zeros when absent. */
+  prefix?: Uint8Array;
+  /** Replace an existing target (default: refuse). */
+  force?: boolean;
+  /** fsync before the rename (default true). */
+  fsync?: boolean;
+}
+
+/** Temporary files are named so that a later run can find and remove what a killed one left. */
+export const TEMP_MARK = '.ramsnap-tmp-';
+
+export class SnapshotWriter {
+  private readonly bitmaps: Uint8Array[];
+  private readonly byName: Map<string, number>;
+  private readonly zeroPage: Buffer;
+  private done = false;
+
+  private constructor(
+    readonly target: string,
+    readonly tempPath: string,
+    private readonly sink: FileSink,
+    readonly plan: LayoutPlan,
+    private readonly opts: WriterOptions,
+  ) {
+    this.bitmaps = plan.blocks.map((b) => new Uint8Array(b.bitmapSize));
+    this.byName = new Map(plan.blocks.map((b, i) => [b.name, i]));
+    this.zeroPage = Buffer.alloc(plan.pageSize);
+  }
+
+  static async create(target: string, opts: WriterOptions): Promise<SnapshotWriter> {
+    let plan: LayoutPlan;
+    try {
+      plan = planLayout(opts);
+    } catch (err) {
+      if (err instanceof LayoutError) throw new RamsnapUsageError(err.code, err.message, err.field);
+      throw err;
+    }
+    if (opts.prefix && (opts.streamOffset ?? 0) !== opts.prefix.length) {
+      throw new RamsnapUsageError('BAD_OFFSET', `prefix is ${opts.prefix.length} bytes but the stream offset is ${opts.streamOffset ?? 0}`, 'streamOffset');
+    }
+    if (!opts.force && fs.existsSync(target)) {
+      throw new RamsnapIoError('OUTPUT_EXISTS', `output ${target} already exists (use --force to replace it)`, target);
+    }
+    const dir = path.dirname(path.resolve(target));
+    const tempPath = path.join(dir, `.${path.basename(target)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+    let fd: number;
+    try {
+      fd = fs.openSync(tempPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+    } catch (err) {
+      throw ioError(err, tempPath, 'create');
+    }
+    const w = new SnapshotWriter(target, tempPath, new FileSink(tempPath, fd), plan, opts);
+    try {
+      if (opts.prefix) await w.sink.write(0, opts.prefix);
+      await w.sink.write(plan.streamOffset, plan.head);
+      for (const b of plan.blocks) await w.sink.write(b.entryOffset, encodeBlockEntry(b, plan.pageSize));
+      // The page regions are holes until pages arrive; the file already has its final size but for the tail.
+      await w.sink.truncate(plan.tailOffset);
+    } catch (err) {
+      await w.abort();
+      throw err;
+    }
+    return w;
+  }
+
+  get pageSize(): number {
+    return this.plan.pageSize;
+  }
+
+  block(name: string): BlockPlan {
+    const i = this.byName.get(name);
+    if (i === undefined) throw new RamsnapUsageError('UNKNOWN_BLOCK', `no block named ${JSON.stringify(name)} in this snapshot`, 'block');
+    return this.plan.blocks[i];
+  }
+
+  /**
+   * Writes whole pages starting at page `first` of `block`: `data` is a
+   * multiple of the page size. Runs of non-zero pages are written with one
+   * positional write each and their bits set; zero pages only get their
+   * bit cleared (a hole, or stale bytes a clear bit makes invisible, as in
+   * QEMU's files). Concurrent calls on different pages are fine.
+   */
+  async writePages(blockName: string, first: number, data: Uint8Array): Promise<void> {
+    const b = this.block(blockName);
+    const i = this.byName.get(blockName) as number;
+    const ps = this.plan.pageSize;
+    const n = data.length / ps;
+    if (!Number.isInteger(n) || first < 0 || first + n > b.pages) {
+      throw new RamsnapUsageError('OUT_OF_RANGE', `pages ${first}..${first + n} of ${b.name} (${b.pages} pages), ${data.length} bytes`, 'pages');
+    }
+    this.checkOpen();
+    const bm = this.bitmaps[i];
+    const buf = Buffer.from(data.buffer, data.byteOffset, data.length);
+    const isZero = (p: number): boolean => buf[p * ps] === 0 && this.zeroPage.equals(buf.subarray(p * ps, (p + 1) * ps));
+    let p = 0;
+    while (p < n) {
+      while (p < n && isZero(p)) clearBit(bm, first + p++);
+      const start = p;
+      while (p < n && !isZero(p)) p++;
+      if (p > start) {
+        await this.sink.write(b.pagesOffset + (first + start) * ps, buf.subarray(start * ps, p * ps));
+        setRange(bm, first + start, p - start, true);
+      }
+    }
+  }
+
+  /** Marks pages as zero (their bits clear); their bytes, if any, stay and are ignored. */
+  zeroPages(blockName: string, first: number, count: number): void {
+    const b = this.block(blockName);
+    if (first < 0 || first + count > b.pages) throw new RamsnapUsageError('OUT_OF_RANGE', `pages ${first}..${first + count} of ${b.name}`, 'pages');
+    setRange(this.bitmaps[this.byName.get(blockName) as number], first, count, false);
+  }
+
+  /** Whether a page is currently marked present. */
+  isPresent(blockName: string, page: number): boolean {
+    this.block(blockName);
+    return testBit(this.bitmaps[this.byName.get(blockName) as number], page);
+  }
+
+  /**
+   * Writes the bitmaps and the rest of the stream, syncs, and renames the
+   * file to the target. Until this returns, nothing is at the target path.
+   */
+  async finalize(): Promise<void> {
+    this.checkOpen();
+    try {
+      for (let i = 0; i < this.plan.blocks.length; i++) await this.sink.write(this.plan.blocks[i].bitmapOffset, this.bitmaps[i]);
+      const tail = encodeTail(this.plan.ramSectionId, this.opts.device);
+      await this.sink.write(this.plan.tailOffset, tail);
+      await this.sink.truncate(this.plan.tailOffset + tail.length);
+      if (this.opts.fsync ?? true) await this.sink.sync();
+      await this.sink.close();
+      this.done = true;
+      try {
+        fs.renameSync(this.tempPath, this.target);
+      } catch (err) {
+        throw ioError(err, this.target, 'rename the finished snapshot to');
+      }
+      if (this.opts.fsync ?? true) syncDir(path.dirname(path.resolve(this.target)));
+    } catch (err) {
+      await this.abort();
+      throw err;
+    }
+  }
+
+  /** Drops the temporary file; the target is untouched. */
+  async abort(): Promise<void> {
+    if (!this.done) {
+      this.done = true;
+      await this.sink.close();
+    }
+    fs.rmSync(this.tempPath, { force: true });
+  }
+
+  private checkOpen(): void {
+    if (this.done) throw new RamsnapUsageError('WRITER_CLOSED', 'the writer was finalized or aborted', 'writer');
+  }
+}
+
+/** Makes a rename durable: fsync the directory that holds the entry. */
+function syncDir(dir: string): void {
+  try {
+    const fd = fs.openSync(dir, 'r');
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    // Some file systems cannot fsync a directory; the data itself is synced.
+  }
+}

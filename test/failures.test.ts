@@ -767,10 +767,8 @@ describe('failure corpus', () => {
   }
 
   it('covers every code the reader raises', () => {
-    // Declared but raised by no code path today (SPEC.md §10).
-    const neverRaised = new Set<string>(['BAD_STRING', 'BITMAP_MISPLACED']);
     const covered = new Set(cases.filter((c) => !c.bug).map((c) => c.code));
-    const missing = Object.values(FormatCode).filter((code) => !covered.has(code) && !neverRaised.has(code));
+    const missing = Object.values(FormatCode).filter((code) => !covered.has(code));
     expect(missing).toEqual([]);
   });
 

@@ -10,6 +10,8 @@ import * as verify from './commands/verify.js';
 import * as extract from './commands/extract.js';
 import * as read from './commands/read.js';
 import * as dump from './commands/dump.js';
+import * as create from './commands/create.js';
+import * as convert from './commands/convert.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
 import { errorLine, printable } from './human.js';
@@ -23,6 +25,8 @@ export function buildCli(argv: string[]): Argv {
     .command(extract)
     .command(read)
     .command(dump)
+    .command(create)
+    .command(convert)
     .demandCommand(1, 'name a command')
     .strict()
     .help()

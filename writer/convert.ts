@@ -9,9 +9,10 @@
  * last copy of each page, a mapped-ram input only pages whose bit is set
  * (stale bytes under a clear bit are dropped).
  */
+import fs from 'node:fs';
 import { CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED } from '../format/constants.js';
 import type { Configuration } from '../format/configuration.js';
-import { FormatCode, RamsnapFormatError, RamsnapUsageError } from '../format/errors.js';
+import { FormatCode, RamsnapFormatError, RamsnapIoError, RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, planLayout } from '../format/layout.js';
 import type { DeviceState } from '../format/tail.js';
 import type { RamBlock } from '../reader/model.js';
@@ -188,6 +189,10 @@ export function withConfiguration(dev: DeviceState, had: Configuration, written:
 }
 
 export async function convertSnapshot(input: string, output: string, o: ConvertOptions): Promise<ConvertResult> {
+  // Fail before reading anything (the writers check again when they create the file).
+  if (!o.force && fs.existsSync(output)) {
+    throw new RamsnapIoError('OUTPUT_EXISTS', `output ${output} already exists (use --force to replace it)`, output);
+  }
   const snap = await Snapshot.open(input, { offset: o.offset, pageSize: o.pageSize });
   try {
     const m = snap.model;

@@ -95,6 +95,10 @@ export function planLayout(o: PlanOptions): LayoutPlan {
   if (o.blocks.length === 0) throw new LayoutError('NO_BLOCKS', 'a snapshot needs at least one RAMBlock', 'blocks');
   const names = new Set<string>();
   for (const b of o.blocks) {
+    // Names are bytes in the stream (u8 length + bytes): a character above 0xff cannot be written.
+    if (typeof b.name !== 'string' || /[^\x00-\xff]/.test(b.name)) {
+      throw new LayoutError('BAD_BLOCK_NAME', `block name ${JSON.stringify(b.name)} has characters that are not single bytes`, 'blocks.name');
+    }
     const n = latin1Bytes(b.name).length;
     if (n === 0 || n > MAX_IDSTR) throw new LayoutError('BAD_BLOCK_NAME', `block name ${JSON.stringify(b.name)} must be 1 to ${MAX_IDSTR} bytes`, 'blocks.name');
     if (names.has(b.name)) throw new LayoutError('DUPLICATE_BLOCK', `block ${JSON.stringify(b.name)} is listed twice`, 'blocks.name');

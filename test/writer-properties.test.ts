@@ -284,7 +284,7 @@ describe('verification', () => {
 describe('known writer bugs (pinned)', () => {
   const opts = (blocks: { name: string; usedLength: number }[]) => ({ machine: 'pc-q35-10.0', pageSize: 4096, blocks, fsync: false });
 
-  // BUG: writePages checks `first < 0 || first + n > pages` only, so a page
+  // Regression (was a bug): writePages checked `first < 0 || first + n > pages` only, so a page
   // index that is NaN or not an integer passes. NaN becomes a write at the
   // descriptor's current position (file byte 0) and overwrites the stream
   // head; 1.5 writes at a misaligned offset and sets a bit from a fraction.
@@ -293,7 +293,7 @@ describe('known writer bugs (pinned)', () => {
   //   await w.writePages('pc.ram', NaN, new Uint8Array(4096).fill(7)); // resolves
   //   await w.finalize();
   //   await Snapshot.open(f); // BAD_MAGIC: got 0x07070707
-  it.fails('BUG: writePages refuses a page index that is NaN or not an integer, and the file stays valid', async () => {
+  it('writePages refuses a page index that is NaN or not an integer, and the file stays valid', async () => {
     await fc.assert(
       fc.asyncProperty(fc.oneof(fc.constant(Number.NaN), fc.double({ min: 0, max: 7, noNaN: true }).filter((x) => !Number.isInteger(x))), async (first) => {
         const dir = caseDir();
@@ -313,7 +313,7 @@ describe('known writer bugs (pinned)', () => {
     );
   });
 
-  // BUG: zeroPages does not check that the writer is open (writePages does),
+  // Regression (was a bug): zeroPages did not check that the writer is open (writePages does),
   // nor that `first` is an integer and `count` is not negative: after
   // finalize() or abort() it returns as if the pages had been recorded.
   // Minimal repro:
@@ -321,7 +321,7 @@ describe('known writer bugs (pinned)', () => {
   //   await w.finalize();
   //   w.zeroPages('pc.ram', 0, 1);    // no WRITER_CLOSED
   //   w.zeroPages('pc.ram', 0.5, 1);  // no OUT_OF_RANGE (nor with count -1)
-  it.fails('BUG: zeroPages refuses a closed writer and ranges that are not whole pages', async () => {
+  it('zeroPages refuses a closed writer and ranges that are not whole pages', async () => {
     const dir = caseDir();
     const w = await SnapshotWriter.create(path.join(dir, 'snap'), opts([{ name: 'pc.ram', usedLength: 8 * 4096 }]));
     expect(() => w.zeroPages('pc.ram', 0.5, 1)).toThrow(expect.objectContaining({ code: 'OUT_OF_RANGE' }));
@@ -330,12 +330,12 @@ describe('known writer bugs (pinned)', () => {
     expect(() => w.zeroPages('pc.ram', 0, 1)).toThrow(expect.objectContaining({ code: 'WRITER_CLOSED' }));
   });
 
-  // BUG: a block name with a character above 0xff (it cannot be written as
+  // Regression (was a bug): a block name with a character above 0xff (it cannot be written as
   // one byte) escapes planLayout as a bare RangeError from latin1Bytes, not
   // as LayoutError / RamsnapUsageError BAD_BLOCK_NAME like other bad names.
   // Minimal repro:
   //   planLayout({ machine: 'm', pageSize: 4096, blocks: [{ name: 'pc.ram\u0100', usedLength: 4096 }] }); // RangeError, no code
-  it.fails('BUG: a block name that is not bytes is BAD_BLOCK_NAME, as other bad names', async () => {
+  it('a block name that is not bytes is BAD_BLOCK_NAME, as other bad names', async () => {
     const blocks = [{ name: 'pc.ram\u0100', usedLength: 4096 }];
     expect(() => planLayout(opts(blocks))).toThrow(expect.objectContaining({ code: 'BAD_BLOCK_NAME' }));
     const dir = caseDir();

@@ -109,7 +109,7 @@ export class SnapshotWriter {
     const i = this.byName.get(blockName) as number;
     const ps = this.plan.pageSize;
     const n = data.length / ps;
-    if (!Number.isInteger(n) || first < 0 || first + n > b.pages) {
+    if (!Number.isInteger(n) || !Number.isSafeInteger(first) || first < 0 || first + n > b.pages) {
       throw new RamsnapUsageError('OUT_OF_RANGE', `pages ${first}..${first + n} of ${b.name} (${b.pages} pages), ${data.length} bytes`, 'pages');
     }
     this.checkOpen();
@@ -131,7 +131,10 @@ export class SnapshotWriter {
   /** Marks pages as zero (their bits clear); their bytes, if any, stay and are ignored. */
   zeroPages(blockName: string, first: number, count: number): void {
     const b = this.block(blockName);
-    if (first < 0 || first + count > b.pages) throw new RamsnapUsageError('OUT_OF_RANGE', `pages ${first}..${first + count} of ${b.name}`, 'pages');
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || first < 0 || count < 0 || first + count > b.pages) {
+      throw new RamsnapUsageError('OUT_OF_RANGE', `pages ${first}..${first + count} of ${b.name} (${b.pages} pages)`, 'pages');
+    }
+    this.checkOpen();
     setRange(this.bitmaps[this.byName.get(blockName) as number], first, count, false);
   }
 

@@ -12,6 +12,8 @@ import * as read from './commands/read.js';
 import * as dump from './commands/dump.js';
 import * as create from './commands/create.js';
 import * as convert from './commands/convert.js';
+import * as patch from './commands/patch.js';
+import * as sparsify from './commands/sparsify.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
 import { errorLine, printable } from './human.js';
@@ -27,6 +29,8 @@ export function buildCli(argv: string[]): Argv {
     .command(dump)
     .command(create)
     .command(convert)
+    .command(patch)
+    .command(sparsify)
     .demandCommand(1, 'name a command')
     .strict()
     .help()

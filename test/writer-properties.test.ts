@@ -279,9 +279,9 @@ describe('verification', () => {
   });
 });
 
-// Bugs the properties found. Each test states the behaviour we want and is
-// marked it.fails until the writer is fixed (then drop `.fails`).
-describe('known writer bugs (pinned)', () => {
+// Regressions: bugs these properties found in the writer, pinned with
+// it.fails and a minimal repro, then fixed (6496df2).
+describe('writer regressions', () => {
   const opts = (blocks: { name: string; usedLength: number }[]) => ({ machine: 'pc-q35-10.0', pageSize: 4096, blocks, fsync: false });
 
   // Regression (was a bug): writePages checked `first < 0 || first + n > pages` only, so a page

@@ -51,8 +51,10 @@ export const MAX_VMDESC = 16 << 20;
  */
 export function locateVmDescription(chunk: Uint8Array, base: number, fileSize: number): { offset: number; length: number } | undefined {
   const view = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-  for (let p = chunk.length - 6; p >= 0; p--) {
-    if (chunk[p] !== Section.VMDESCRIPTION || chunk[p + 5] !== 0x7b /* { */) continue;
+  const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  // lastIndexOf is a native backwards scan: a RAM-only stream has no description, and its whole tail is searched.
+  for (let p = buf.lastIndexOf(Section.VMDESCRIPTION, chunk.length - 6); p >= 0; p = p > 0 ? buf.lastIndexOf(Section.VMDESCRIPTION, p - 1) : -1) {
+    if (chunk[p + 5] !== 0x7b /* { */) continue;
     const len = view.getUint32(p + 1, false);
     if (len === fileSize - (base + p) - 5) return { offset: base + p, length: len };
   }

@@ -7,12 +7,23 @@ import fs from 'node:fs';
 import { ioError } from '../format/errors.js';
 
 export class FileSink {
+  /** Writes in flight: close() waits for them, so a reused descriptor number never receives them. */
+  private readonly pending = new Set<Promise<void>>();
+
   constructor(
     readonly path: string,
     readonly fd: number,
   ) {}
 
   write(position: number, data: Uint8Array): Promise<void> {
+    const p = this.writeAll(position, data);
+    this.pending.add(p);
+    const settle = (): void => void this.pending.delete(p);
+    p.then(settle, settle);
+    return p;
+  }
+
+  private writeAll(position: number, data: Uint8Array): Promise<void> {
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
         if (done === data.length) return resolve();
@@ -33,7 +44,8 @@ export class FileSink {
     return new Promise((resolve, reject) => fs.fsync(this.fd, (err) => (err ? reject(ioError(err, this.path, 'sync')) : resolve())));
   }
 
-  close(): Promise<void> {
-    return new Promise((resolve) => fs.close(this.fd, () => resolve()));
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.pending]);
+    await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
   }
 }

@@ -40,6 +40,8 @@ export interface PlanOptions {
   /** Section id of the RAM section (a template's, so device section ids stay unique). */
   ramSectionId?: number;
   targetPageBits?: number;
+  /** The configuration/uuid subsection (QEMU's validate-uuid), kept when converting. */
+  uuid?: string;
 }
 
 export interface BlockPlan {
@@ -112,6 +114,7 @@ export function planLayout(o: PlanOptions): LayoutPlan {
     machine: o.machine,
     capabilities: [...new Set([...(o.capabilities ?? []), CAP_MAPPED_RAM])],
     ...(o.targetPageBits !== undefined ? { targetPageBits: o.targetPageBits } : {}),
+    ...(o.uuid !== undefined ? { uuid: o.uuid } : {}),
   };
   const total = o.blocks.reduce((n, b) => n + b.usedLength, 0);
   const head = concat([

@@ -16,7 +16,7 @@ import { createSnapshot, parseRamImage } from '../writer/create.js';
 import { LegacyWriter } from '../writer/legacy-writer.js';
 import { TEMP_MARK } from '../writer/snapshot-writer.js';
 import { compareWithPmem, fixtureFiles, loadCatalog } from './helpers/fixtures.js';
-import { pageBytes } from './helpers/synth.js';
+import { pageBytes, synthesize } from './helpers/synth.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-create-convert-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -416,5 +416,24 @@ describe('CLI', () => {
     oneLine(runs[7], 1, 'BAD_MAGIC');
     expect(fs.existsSync(o)).toBe(false);
     expect(leftovers(dir)).toEqual([]);
+  });
+});
+
+describe('convert keeps the configuration', () => {
+  it('a uuid (validate-uuid) survives legacy -> mapped-ram -> legacy', async () => {
+    const uuid = '12345678-9abc-def0-1234-56789abcdef0';
+    const src = path.join(dir, 'uuid.legacy');
+    const f = synthesize({ mappedRam: false, uuid, devices: false, blocks: [{ name: 'pc.ram', usedLength: 8 * 4096, pages: new Map([[2, pageBytes(4096, 2)]]) }] });
+    fs.writeFileSync(src, f.bytes());
+    const mr = path.join(dir, 'uuid.mr');
+    const back = path.join(dir, 'uuid.back');
+    await convertSnapshot(src, mr, { to: 'mapped-ram', fsync: false });
+    await convertSnapshot(mr, back, { to: 'legacy', fsync: false });
+    for (const file of [mr, back]) {
+      const s = await Snapshot.open(file);
+      expect(s.model.configuration?.uuid).toBe(uuid);
+      expect(Buffer.from(await s.read('pc.ram', 2 * 4096, 4096)).equals(Buffer.from(pageBytes(4096, 2)))).toBe(true);
+      await s.close();
+    }
   });
 });

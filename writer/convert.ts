@@ -165,7 +165,7 @@ export function checkConvertible(snap: Snapshot, what: string): Configuration {
   return m.configuration;
 }
 
-/** The configuration a mapped-ram file gets from `cfg`, as planLayout writes it (uuid is not written). */
+/** The configuration a mapped-ram file gets from `cfg`, as planLayout writes it. */
 export function mappedRamConfiguration(cfg: Configuration, blocks: { name: string; usedLength: number }[], pageSize: number, ramSectionId?: number): Configuration {
   try {
     return planLayout({
@@ -174,6 +174,7 @@ export function mappedRamConfiguration(cfg: Configuration, blocks: { name: strin
       machine: cfg.machine,
       capabilities: cfg.capabilities.filter((c) => c !== CAP_MAPPED_RAM),
       targetPageBits: cfg.targetPageBits,
+      uuid: cfg.uuid,
       ramSectionId,
     }).configuration;
   } catch (err) {
@@ -203,11 +204,11 @@ export async function convertSnapshot(input: string, output: string, o: ConvertO
     let sink: SnapshotWriter | LegacyWriter;
     if (o.to === 'mapped-ram') {
       const written = mappedRamConfiguration(had, blocks, m.pageSize, m.ramSectionId);
-      if (had.uuid !== undefined) notes.push(`the configuration's uuid (${had.uuid}) is not written: the mapped-ram writer has no place for it`);
       sink = await SnapshotWriter.create(output, {
         machine: written.machine,
         capabilities: written.capabilities,
         targetPageBits: written.targetPageBits,
+        uuid: written.uuid,
         pageSize: m.pageSize,
         blocks,
         ramSectionId: m.ramSectionId,

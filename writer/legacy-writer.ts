@@ -38,7 +38,7 @@ import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js'
 import { LayoutError, be64, planLayout, type PlanBlock } from '../format/layout.js';
 import { encodeFileHeader, encodeSectionStart } from '../format/section.js';
 import { encodeRamSetupEnd, encodeStreamEnd, type DeviceState } from '../format/tail.js';
-import { FileSink } from './sink.js';
+import { FileSink, syncDirectory } from './sink.js';
 import { TEMP_MARK } from './snapshot-writer.js';
 
 export interface LegacyWriterOptions {
@@ -163,7 +163,7 @@ export class LegacyWriter {
       } catch (err) {
         throw ioError(err, this.target, 'rename the finished snapshot to');
       }
-      if (this.opts.fsync ?? true) syncDir(path.dirname(path.resolve(this.target)));
+      if (this.opts.fsync ?? true) syncDirectory(path.dirname(path.resolve(this.target)));
     } catch (err) {
       await this.abort();
       throw err;
@@ -253,18 +253,4 @@ export function encodeLegacyHead(o: Pick<LegacyWriterOptions, 'blocks' | 'config
   }
   parts.push(encodeRamSetupEnd(ramSectionId));
   return concat(parts);
-}
-
-/** Makes a rename durable: fsync the directory that holds the entry. */
-function syncDir(dir: string): void {
-  try {
-    const fd = fs.openSync(dir, 'r');
-    try {
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    // Some file systems cannot fsync a directory; the data itself is synced.
-  }
 }

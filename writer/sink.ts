@@ -49,3 +49,17 @@ export class FileSink {
     await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
   }
 }
+
+/** Makes a rename durable: fsync the directory that holds the entry. */
+export function syncDirectory(dir: string): void {
+  try {
+    const fd = fs.openSync(dir, 'r');
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    // Some file systems cannot fsync a directory; the data itself is synced.
+  }
+}

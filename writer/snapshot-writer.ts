@@ -17,7 +17,7 @@ import { clearBit, setRange, testBit } from '../format/bitmap.js';
 import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
 import { LayoutError, encodeBlockEntry, planLayout, type BlockPlan, type LayoutPlan, type PlanOptions } from '../format/layout.js';
 import { encodeTail, type DeviceState } from '../format/tail.js';
-import { FileSink } from './sink.js';
+import { FileSink, syncDirectory } from './sink.js';
 
 export interface WriterOptions extends PlanOptions {
   /** Device sections and description to put after the RAM (from a template); none: a RAM-only stream. */
@@ -163,7 +163,7 @@ export class SnapshotWriter {
       } catch (err) {
         throw ioError(err, this.target, 'rename the finished snapshot to');
       }
-      if (this.opts.fsync ?? true) syncDir(path.dirname(path.resolve(this.target)));
+      if (this.opts.fsync ?? true) syncDirectory(path.dirname(path.resolve(this.target)));
     } catch (err) {
       await this.abort();
       throw err;
@@ -181,19 +181,5 @@ export class SnapshotWriter {
 
   private checkOpen(): void {
     if (this.done) throw new RamsnapUsageError('WRITER_CLOSED', 'the writer was finalized or aborted', 'writer');
-  }
-}
-
-/** Makes a rename durable: fsync the directory that holds the entry. */
-function syncDir(dir: string): void {
-  try {
-    const fd = fs.openSync(dir, 'r');
-    try {
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    // Some file systems cannot fsync a directory; the data itself is synced.
   }
 }

@@ -32,6 +32,8 @@ export interface SynthOptions {
   legacyRepeats?: number;
   /** mapped-ram: bytes left in the page region under a clear bit, to check they read as zero. */
   staleBytes?: boolean;
+  /** A configuration/uuid subsection (QEMU's validate-uuid). */
+  uuid?: string;
 }
 
 export interface SynthLayout {
@@ -110,7 +112,14 @@ export function synthesize(opts: SynthOptions): SynthFile {
   const b = new Builder(opts.streamOffset ?? 0);
   if (opts.streamOffset) b.at(0, new Uint8Array(opts.streamOffset).fill(0xa5));
   b.put(encodeFileHeader());
-  b.put(encodeConfiguration({ machine: opts.machine ?? 'pc-q35-10.0', capabilities: mapped ? ['mapped-ram'] : [], ...(ps !== 4096 && ps !== 8192 ? { targetPageBits: Math.log2(ps) } : {}) }));
+  b.put(
+    encodeConfiguration({
+      machine: opts.machine ?? 'pc-q35-10.0',
+      capabilities: mapped ? ['mapped-ram'] : [],
+      ...(ps !== 4096 && ps !== 8192 ? { targetPageBits: Math.log2(ps) } : {}),
+      ...(opts.uuid ? { uuid: opts.uuid } : {}),
+    }),
+  );
   const ramId = 1;
   const ramSectionOffset = b.put(encodeSectionStart({ type: Section.START, sectionId: ramId, idstr: 'ram', instanceId: 0, versionId: 4 }));
   const total = opts.blocks.reduce((n, x) => n + x.usedLength, 0);

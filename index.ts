@@ -13,3 +13,12 @@ export { mappedRamPlacement, decodeMappedRamHeader, encodeMappedRamHeader, type 
 export { decodeLibvirtHeader, encodeLibvirtHeader, type LibvirtHeader } from './format/libvirt.js';
 export { decodeDeviceState, pythonJson, type StateMap, type StateValue } from './format/vmstate.js';
 export type { VmDescription, VmDevice, VmField, VmStruct } from './format/vmdesc.js';
+export { planLayout, encodeBlockEntry, type LayoutPlan, type BlockPlan, type PlanOptions } from './format/layout.js';
+export { encodeTail, type DeviceState as StreamDeviceState } from './format/tail.js';
+export { SnapshotWriter, TEMP_MARK, type WriterOptions } from './writer/snapshot-writer.js';
+export { LegacyWriter, type LegacyWriterOptions } from './writer/legacy-writer.js';
+export { deviceStateOf } from './writer/template.js';
+export { createSnapshot, type CreateOptions, type CreateResult } from './writer/create.js';
+export { convertSnapshot, type ConvertOptions, type ConvertResult } from './writer/convert.js';
+export { patchSnapshot, type PatchOptions, type PatchResult } from './writer/patch.js';
+export { sparsifySnapshot, type SparsifyOptions, type SparsifyResult } from './writer/sparsify.js';

@@ -36,7 +36,7 @@ export function buildCli(argv: string[]): Argv {
     .help()
     .alias('h', 'help')
     .version()
-    .wrap(Math.min(100, process.stdout.columns || 100))
+    .wrap(null)
     .epilogue('Exit status: 0 ok, 1 invalid or incomplete file (or failed check), 2 bad usage.\nSee SPEC.md for the format and every error code.')
     .fail((msg, err) => {
       if (err) throw err;

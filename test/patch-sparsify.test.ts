@@ -208,6 +208,18 @@ describe('sparsifySnapshot', () => {
     });
   }
 
+  it('keeps a configuration uuid (validate-uuid) byte for byte in the stream head', async () => {
+    const file = writeSynth(sampleOpts({ uuid: '12345678-9abc-def0-1234-56789abcdef0' }));
+    const head = fs.readFileSync(file).subarray(0, 0x80);
+    const mem = await guestMemory(file);
+    await sparsifySnapshot(file);
+    expect(fs.readFileSync(file).subarray(0, 0x80).equals(head)).toBe(true);
+    const s = await Snapshot.open(file);
+    expect(s.model.configuration?.uuid).toBe('12345678-9abc-def0-1234-56789abcdef0');
+    await s.close();
+    for (const [name, bytes] of await guestMemory(file)) expect(bytes.equals(mem.get(name)!), name).toBe(true);
+  });
+
   it('refuses a file that does not verify, and a legacy one, leaving them alone', async () => {
     const cut = writeSynth(sampleOpts());
     const bytes = fs.readFileSync(cut);

@@ -128,6 +128,7 @@ async function reproducibleLayout(snap: Snapshot): Promise<{ plan: LayoutPlan; o
     blocks: m.blocks.map((b) => ({ name: b.name, usedLength: b.usedLength })),
     capabilities: cfg!.capabilities,
     targetPageBits: cfg!.targetPageBits,
+    ...(cfg!.uuid !== undefined ? { uuid: cfg!.uuid } : {}),
     ramSectionId: m.ramSectionId,
     streamOffset: m.streamOffset,
   };
@@ -142,7 +143,7 @@ async function reproducibleLayout(snap: Snapshot): Promise<{ plan: LayoutPlan; o
     if (same(p)) plan = p;
   }
   if (!plan) refuse('the page regions of this file are not where ramsnap\'s writer would put them at any alignment; cannot rewrite it with the same offsets', 'ramblock.pages_offset', m.blocks[0].entryOffset);
-  // The head (header, configuration, RAM START, MEM_SIZE) must be the file's own bytes, e.g. no uuid subsection the writer would drop.
+  // The head (header, configuration, RAM START, MEM_SIZE) must be the file's own bytes: nothing the writer would drop or reorder.
   const head = await snap.source.read(m.streamOffset, plan!.head.length, 'stream.head');
   if (!Buffer.from(head).equals(Buffer.from(plan!.head))) refuse('the stream head (configuration) has parts ramsnap\'s writer does not reproduce', 'configuration', m.streamOffset);
   return { plan: plan!, opts: { ...opts, alignment: plan!.alignment } };

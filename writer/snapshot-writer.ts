@@ -122,7 +122,13 @@ export class SnapshotWriter {
       const start = p;
       while (p < n && !isZero(p)) p++;
       if (p > start) {
-        await this.sink.write(b.pagesOffset + (first + start) * ps, buf.subarray(start * ps, p * ps));
+        try {
+          await this.sink.write(b.pagesOffset + (first + start) * ps, buf.subarray(start * ps, p * ps));
+        } catch (err) {
+          // Disk full or an I/O error: the file cannot be finished, so it goes now (SPEC 13.3).
+          await this.abort();
+          throw err;
+        }
         setRange(bm, first + start, p - start, true);
       }
     }

@@ -17,11 +17,30 @@
  *   lifted. Saves are timed from `migrate` to the first query-migrate that
  *   says `completed` (what a user waits; QEMU's own total-time, in the
  *   notes, leaves out the close of the file, which on ext4 starts writeback
- *   because QEMU truncated the file at open), as context for the writer
- *   benchmarks to come. QEMU cannot save a VM twice, so every save is a
- *   fresh QEMU. The last files are kept as the inputs below, and one
- *   extract of each is compared with the guest's memory file byte for byte
- *   before anything is timed.
+ *   because QEMU truncated the file at open), as context. QEMU cannot save
+ *   a VM twice, so every save is a fresh QEMU. The last files are kept as
+ *   the inputs below, and one extract of each is compared with the guest's
+ *   memory file byte for byte before anything is timed.
+ * - Writers (issue 3), while the guest's memory file still exists (it IS a
+ *   raw image of the guest's RAM block, named after the backend id: `mem0`,
+ *   read from `ramsnap info --json` of the mapped-ram file). Outputs go to
+ *   the temp dir (disk), like every other output. ramsnap's writers fsync
+ *   the file before the rename and the directory after, so every reference
+ *   here is followed by a timed `sync FILE DIR` (the sync share is in the
+ *   notes) to be on disk when its clock stops too; QEMU 10.0.2 does no
+ *   fsync/fdatasync of a file migration (checked with strace).
+ *   `ramsnap create -o OUT --ram mem0=<memory file> --template <mapped-ram
+ *   file>` (process start included) against: QEMU's mapped-ram save of the
+ *   same guest with multifd 4 channels, max-bandwidth lifted, + sync
+ *   (target: ramsnap faster). QEMU is timed again in the same rounds as
+ *   create, not taken from the saves above, so both sides see the same
+ *   load and page cache; the same save without the sync is an info row.
+ *   And `cp --sparse=always` of the memory file + sync (target <= 1.3x).
+ *   `ramsnap convert` of the legacy file `--to mapped-ram` against
+ *   `cp --sparse=always` of it + sync (target <= 1.5x); the mapped-ram file
+ *   `--to legacy` likewise, as info. Before timing, each writer runs once,
+ *   its output must pass `ramsnap verify`, and its mem0 block (`ramsnap
+ *   extract --block`) must equal the memory file byte for byte.
  * - Also, the memory file lives on /dev/shm because it is guest RAM: on
  *   disk, its dirty pages would be written back while the bench runs.
  * - Extract (`ramsnap extract FILE -o DIR`, all blocks, process start
@@ -45,7 +64,9 @@
  *   row shows ramsnap's fixed costs).
  * - Peak memory (GNU time's %M, or the child's own maxRSS without it) of
  *   info, verify, extract and dump --state on the 2 GiB and the 64 GiB file,
- *   against bare `node -e 0` (target < 200 MiB).
+ *   and of create and both converts on the 2 GiB guest (measured in the
+ *   writer groups, printed with the others), against bare `node -e 0`
+ *   (target < 200 MiB).
  * - Timing: every contender of a group runs once to warm the page cache
  *   (and binaries), then the group runs BENCH_RUNS rounds (default 3), one
  *   run of each contender per round, and the median is taken. Outputs are
@@ -54,12 +75,14 @@
  * Without KVM, QEMU runs with TCG (the guest never runs, so that is
  * enough). Without QEMU, its rows are skipped with a note, and the 2 GiB
  * and 64 GiB mapped-ram files are synthesized with test/helpers/synth.ts
- * instead, so the extract, verify, info and memory rows still run; the
- * legacy rows need QEMU.
+ * instead (the 2 GiB one with the memory file's pages, in a block named
+ * pc.ram), so the extract, verify, info, memory, create-vs-cp (that file
+ * as template, --ram pc.ram=...) and convert-to-legacy rows still run; the
+ * legacy-input rows and create-vs-QEMU need QEMU.
  *
  * Everything is written under a fresh directory in $TMPDIR (or /tmp),
  * about 7 GiB at the peak (the 64 GiB files are sparse), and removed at
- * the end, also on error or Ctrl-C. The whole bench takes 2-4 minutes on
+ * the end, also on error or Ctrl-C. The whole bench takes 4-5 minutes on
  * two cores. Environment: BENCH_RUNS, ANALYZE_MIGRATION, QEMU_SYSTEM_X86_64,
  * TMPDIR, BENCH_VERBOSE=1 (every run's time).
  */
@@ -89,6 +112,8 @@ const BIG_GUEST_BLOBS = [0x200000, 0x40000000, 0x1000000000];
 const NEEDED_BYTES = 8 * GiB;
 
 const EXTRACT_RATIO = 1.3;
+const CREATE_RATIO = 1.3;
+const CONVERT_RATIO = 1.5;
 const INFO_LIMIT_MS = 1000;
 const RSS_LIMIT_KIB = 200 * 1024;
 
@@ -140,15 +165,23 @@ function fileFacts(label: string, file: string, made: string): void {
   notes.push(`${label}: ${file.replace(tmp, '$TMP')} ${(st.size / GiB).toFixed(2)} GiB, ${(st.blocks * 512 / MiB).toFixed(0)} MiB allocated (${made})`);
 }
 
-interface Inputs {
+/** The 2 GiB guest's snapshots; its memory file (`memFile`) still exists while these are in use for the writer group. */
+interface GuestInputs {
   /** mapped-ram file of the 2 GiB guest. */
   mapped: string;
   legacy?: string;
-  big: string;
   /** Made by QEMU (else synthesized). */
   byQemu: boolean;
+  /** The QEMU guest whose RAM is `memFile` (QEMU only): the writer group saves it again. */
+  guest?: Guest;
+}
+
+interface BigInputs {
+  big: string;
   bigByQemu: boolean;
 }
+
+type Inputs = GuestInputs & BigInputs;
 
 async function main(): Promise<void> {
   const started = performance.now();
@@ -162,7 +195,12 @@ async function main(): Promise<void> {
   if (!haveQemu) notes.push(`QEMU: ${QEMU_BINARY} (>= 9) not found: QEMU rows skipped, 2 GiB and 64 GiB files synthesized with test/helpers/synth.ts, legacy rows skipped`);
   else notes.push(`QEMU: ${firstLine(spawnSync(QEMU_BINARY, ['--version'], { encoding: 'utf8' }).stdout)}, accel ${kvmAvailable() ? 'kvm' : 'tcg'}`);
 
-  const inputs = haveQemu ? await qemuInputs() : syntheticInputs();
+  const guestInputs = haveQemu ? await qemuInputs() : syntheticInputs();
+  // The writers' checks (and create) read the guest's memory file; it is dropped right after, before the 64 GiB guest.
+  await createGroup(guestInputs);
+  await convertGroup(guestInputs);
+  dropMemFile();
+  const inputs: Inputs = { ...guestInputs, ...(haveQemu ? await qemuBigInput() : syntheticBigInput()) };
   await extractGroup(inputs, haveQemu);
   await legacyGroup(inputs);
   await bigGuestGroup(inputs);
@@ -174,14 +212,23 @@ async function main(): Promise<void> {
   process.stdout.write(notes.map((n) => `- ${n}`).join('\n') + '\n');
 }
 
-/** The guest's snapshots, written by QEMU; QEMU's save times go in the table on the way. */
-async function qemuInputs(): Promise<Inputs> {
-  // Guest RAM lives in RAM when /dev/shm has room, so the backing store costs nothing.
+/** Writes the 2 GiB guest's memory file (raw image of its RAM): on /dev/shm when it has room, so the backing store costs nothing. */
+function makeMemFile(): void {
   const shm = '/dev/shm';
   memFile = fs.existsSync(shm) && freeBytes(shm) > GUEST_BYTES + GiB ? path.join(shm, `ramsnap-bench-${process.pid}.mem`) : path.join(tmp, 'guest.mem');
   log(`writing the 2 GiB guest's memory to ${memFile}`);
   const present = writeMemoryFile(memFile, GUEST_BYTES);
-  notes.push(`2 GiB guest: ${(present / GiB).toFixed(2)} GiB in non-zero pages, runs of 1-512 pages`);
+  notes.push(`2 GiB guest: ${(present / GiB).toFixed(2)} GiB in non-zero pages, runs of 1-512 pages; its memory file is on ${memFile.startsWith('/dev/shm') ? '/dev/shm' : 'the temp dir'}`);
+}
+
+function dropMemFile(): void {
+  if (memFile) fs.rmSync(memFile, { force: true });
+  memFile = '';
+}
+
+/** The guest's snapshots, written by QEMU; QEMU's save times go in the table on the way. */
+async function qemuInputs(): Promise<GuestInputs> {
+  makeMemFile();
   const guest: Guest = { dir: tmp, args: q35Args(GUEST_BYTES, `memory-backend-file,id=mem0,mem-path=${memFile},share=on,size=${GUEST_BYTES}`) };
 
   const mapped = path.join(tmp, 'guest-mapped-ram.mig');
@@ -226,9 +273,11 @@ async function qemuInputs(): Promise<Inputs> {
     if (!same) throw new Error(`ramsnap extract of the ${label} file differs from the guest's memory: timing it would mean nothing`);
     notes.push(`check: extract of the ${label} file equals the guest's memory byte for byte`);
   }
-  fs.rmSync(memFile, { force: true });
-  memFile = '';
+  return { mapped, legacy, byQemu: true, guest };
+}
 
+/** The 64 GiB mostly-zero guest's mapped-ram file, saved by QEMU (a synthetic one if QEMU cannot). */
+async function qemuBigInput(): Promise<BigInputs> {
   const big = path.join(tmp, 'guest64-mapped-ram.mig');
   let bigByQemu = true;
   try {
@@ -253,25 +302,178 @@ async function qemuInputs(): Promise<Inputs> {
     writeSyntheticSnapshot(big, BIG_GUEST_BYTES, bigGuestPages());
     fileFacts('64 GiB file', big, 'synthetic');
   }
-  return { mapped, legacy, big, byQemu: true, bigByQemu };
+  return { big, bigByQemu };
 }
 
 function bigGuestPages(): number[] {
   return BIG_GUEST_BLOBS.flatMap((addr) => Array.from({ length: MiB / PAGE_SIZE }, (_, i) => (addr >= 4 * GiB ? addr - 2 * GiB : addr) / PAGE_SIZE + i));
 }
 
-function syntheticInputs(): Inputs {
+/** Without QEMU: the 2 GiB file is synthesized with the same pages as the memory file (block pc.ram). */
+function syntheticInputs(): GuestInputs {
+  makeMemFile();
   const mapped = path.join(tmp, 'guest-mapped-ram.mig');
-  const big = path.join(tmp, 'guest64-mapped-ram.mig');
-  log('synthesizing the 2 GiB and 64 GiB mapped-ram files');
+  log('synthesizing the 2 GiB mapped-ram file');
   writeSyntheticSnapshot(mapped, GUEST_BYTES);
-  writeSyntheticSnapshot(big, BIG_GUEST_BYTES, bigGuestPages());
   fileFacts('mapped-ram file', mapped, 'synthetic');
-  fileFacts('64 GiB file', big, 'synthetic');
   for (const what of ['QEMU save, mapped-ram, 2 GiB guest', 'QEMU save, mapped-ram multifd 4, 2 GiB guest', 'QEMU save, legacy, 2 GiB guest', 'QEMU save, mapped-ram, 64 GiB mostly-zero guest']) {
     contextRows.push(skipRow(what, '-', 'no QEMU'));
   }
-  return { mapped, big, byQemu: false, bigByQemu: false };
+  return { mapped, byQemu: false };
+}
+
+function syntheticBigInput(): BigInputs {
+  const big = path.join(tmp, 'guest64-mapped-ram.mig');
+  log('synthesizing the 64 GiB mapped-ram file');
+  writeSyntheticSnapshot(big, BIG_GUEST_BYTES, bigGuestPages());
+  fileFacts('64 GiB file', big, 'synthetic');
+  return { big, bigByQemu: false };
+}
+
+/**
+ * `sync FILE DIR`: fsync of a written file and of its directory. ramsnap's
+ * writers fsync the file before renaming it into place and the directory
+ * after, and cp and QEMU do neither, so their side of a writer row gets
+ * this (timed) to be on disk when its clock stops too.
+ */
+function syncOut(file: string): number {
+  return timeCommand('sync', [file, path.dirname(file)]);
+}
+
+/** Time of the `sync` part of each synced reference run, by contender (warm-up included; the median is noted). */
+const syncRuns = new Map<string, number[]>();
+
+function recordSync(name: string, msSync: number): void {
+  syncRuns.set(name, [...(syncRuns.get(name) ?? []), msSync]);
+}
+
+/** `cp --sparse=always SRC DST` then `sync DST DIR`, timed together; DST dropped outside the timing. */
+function copySynced(name: string, src: string, dst: string): Contender {
+  return {
+    name,
+    run: timedThenDrop(dst, () => {
+      const c = timeCommand('cp', ['--sparse=always', src, dst]);
+      const sy = syncOut(dst);
+      recordSync(name, sy);
+      return c + sy;
+    }),
+  };
+}
+
+/** Notes the median `sync` share of the synced references of a group. */
+function syncNote(names: string[]): void {
+  const parts = names.filter((n) => syncRuns.has(n)).map((n) => `${n} ${(median(syncRuns.get(n)?.slice(1) ?? []) / 1000).toFixed(2)} s`);
+  if (parts.length) notes.push(`of which \`sync FILE DIR\` (median): ${parts.join('; ')}`);
+}
+
+/** The RAM block of the 2 GiB guest in a snapshot, by `ramsnap info --json`: the block as large as the guest's RAM. */
+function guestRamBlock(file: string): string {
+  const r = spawnSync(process.execPath, ramsnapArgs(['info', '--json', file]), { encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`ramsnap info ${file} exited with ${r.status ?? r.signal}: ${r.stderr.trim()}`);
+  const info = JSON.parse(r.stdout) as { blocks: { name: string; usedLength: number }[] };
+  const block = info.blocks.find((b) => b.usedLength === GUEST_BYTES);
+  if (!block) throw new Error(`${file} has no ${GUEST_BYTES / GiB} GiB block: ${info.blocks.map((b) => `${b.name} ${b.usedLength}`).join(', ')}`);
+  return block.name;
+}
+
+/** Runs a writer once, then checks that `block` of what it wrote equals the guest's memory file byte for byte. */
+function checkWritten(label: string, args: string[], out: string, block: string, against: string): void {
+  const raw = path.join(tmp, 'check.raw');
+  rmOut(out);
+  rmOut(raw);
+  try {
+    ramsnap(args);
+    ramsnap(['verify', out]);
+    ramsnap(['extract', out, '--block', block, '-o', raw]);
+    if (!sameContent(raw, against)) throw new Error(`${label}: block ${block} of its output differs from the guest's memory: timing it would mean nothing`);
+  } finally {
+    rmOut(out);
+    rmOut(raw);
+  }
+  notes.push(`check: ${label}: output verifies, and its ${block} block (ramsnap extract --block) equals the guest's memory byte for byte`);
+}
+
+/**
+ * `ramsnap create` of the 2 GiB guest from its memory file, with the
+ * mapped-ram file as template, against QEMU's own multifd save of the same
+ * guest (timed again here, in the same rounds, so both sides see the same
+ * load and page cache) and cp of the memory file.
+ */
+async function createGroup(inputs: GuestInputs): Promise<void> {
+  const src = inputs.byQemu ? '' : ' (synthetic template)';
+  const block = guestRamBlock(inputs.mapped);
+  notes.push(`create: the guest's RAM block in the ${inputs.byQemu ? 'QEMU-made' : 'synthetic'} mapped-ram file is ${block} (ramsnap info), so --ram ${block}=<memory file>`);
+  const out = path.join(tmp, 'out-create.mig');
+  const args = ['create', '-o', out, '--ram', `${block}=${memFile}`, '--template', inputs.mapped];
+  checkWritten('create', args, out, block, memFile);
+
+  const cpOut = path.join(tmp, 'out-cp.raw');
+  const qemuOut = path.join(tmp, 'out-qemu-multifd4.mig');
+  const qemuUnsynced: number[] = [];
+  const contenders: Contender[] = [{ name: 'ramsnap', run: timedThenDrop(out, () => ramsnap(args)) }, copySynced('cp + sync', memFile, cpOut)];
+  const guest = inputs.guest;
+  if (guest) {
+    contenders.push({
+      name: 'QEMU save mf4 + sync',
+      run: async () => {
+        rmOut(qemuOut);
+        try {
+          const t = await qemuSave(guest, qemuOut, { 'mapped-ram': true, multifd: true }, { 'multifd-channels': 4 });
+          const sy = syncOut(qemuOut);
+          recordSync('QEMU save mf4 + sync', sy);
+          qemuUnsynced.push(t.wallMs);
+          return t.wallMs + sy;
+        } finally {
+          rmOut(qemuOut);
+        }
+      },
+    });
+  }
+  log('create from the 2 GiB memory file');
+  const m = await rounds(contenders, RUNS, progress);
+  runsNote('2 GiB create', m);
+  syncNote(['cp + sync', 'QEMU save mf4 + sync']);
+  const x = ms(m, 'ramsnap');
+  if (guest) {
+    rows.push(ratioRow('create, 2 GiB vs QEMU save mapped-ram multifd 4, both synced', x, ms(m, 'QEMU save mf4 + sync'), 'QEMU mf4 + sync', 1));
+    // As a user waits for QEMU: to `completed`, the data still in the page cache (QEMU 10.0.2 neither fsyncs nor fdatasyncs the file).
+    rows.push(ratioRow('create, 2 GiB vs QEMU save mapped-ram multifd 4, to completed', x, median(qemuUnsynced.slice(1)), 'QEMU mf4'));
+  } else {
+    rows.push(skipRow('create, 2 GiB vs QEMU save mapped-ram multifd 4', '< 1x (faster)', 'no QEMU'));
+  }
+  rows.push(ratioRow(`create, 2 GiB${src} vs cp --sparse=always of the raw image + sync`, x, ms(m, 'cp + sync'), 'cp + sync', CREATE_RATIO));
+  writerPeaks.push({ label: `create, 2 GiB${src}`, kib: peakKiB(['create', '-o', rssOut(), '--ram', `${block}=${memFile}`, '--template', inputs.mapped]) });
+}
+
+/** `ramsnap convert` legacy -> mapped-ram (against cp of the input) and mapped-ram -> legacy (info). */
+async function convertGroup(inputs: GuestInputs): Promise<void> {
+  const src = inputs.byQemu ? '' : ' (synthetic)';
+  const block = guestRamBlock(inputs.mapped);
+  const toMapped = path.join(tmp, 'out-convert-mapped.mig');
+  const toLegacy = path.join(tmp, 'out-convert-legacy.mig');
+  const cpOut = path.join(tmp, 'out-cp.mig');
+  const contenders: Contender[] = [];
+  const legacy = inputs.legacy;
+  if (legacy) {
+    const args = ['convert', legacy, '-o', toMapped, '--to', 'mapped-ram'];
+    checkWritten('convert legacy -> mapped-ram', args, toMapped, block, memFile);
+    contenders.push({ name: 'to mapped-ram', run: timedThenDrop(toMapped, () => ramsnap(args)) }, copySynced('cp legacy + sync', legacy, cpOut));
+  }
+  const args = ['convert', inputs.mapped, '-o', toLegacy, '--to', 'legacy'];
+  checkWritten('convert mapped-ram -> legacy', args, toLegacy, block, memFile);
+  contenders.push({ name: 'to legacy', run: timedThenDrop(toLegacy, () => ramsnap(args)) }, copySynced('cp mapped-ram + sync', inputs.mapped, cpOut));
+  log('convert of the 2 GiB files');
+  const m = await rounds(contenders, RUNS, progress);
+  runsNote('2 GiB convert', m);
+  syncNote(['cp legacy + sync', 'cp mapped-ram + sync']);
+  if (legacy) {
+    rows.push(ratioRow('convert, 2 GiB legacy -> mapped-ram vs cp --sparse=always of the input + sync', ms(m, 'to mapped-ram'), ms(m, 'cp legacy + sync'), 'cp + sync', CONVERT_RATIO));
+    writerPeaks.push({ label: 'convert legacy -> mapped-ram, 2 GiB', kib: peakKiB(['convert', legacy, '-o', rssOut(), '--to', 'mapped-ram']) });
+  } else {
+    rows.push(skipRow('convert, 2 GiB legacy -> mapped-ram vs cp --sparse=always of the input + sync', `<= ${CONVERT_RATIO}x`, 'no QEMU'));
+  }
+  rows.push(ratioRow(`convert, 2 GiB mapped-ram${src} -> legacy vs cp --sparse=always of the input + sync`, ms(m, 'to legacy'), ms(m, 'cp mapped-ram + sync'), 'cp + sync'));
+  writerPeaks.push({ label: `convert mapped-ram -> legacy, 2 GiB${src}`, kib: peakKiB(['convert', inputs.mapped, '-o', rssOut(), '--to', 'legacy']) });
 }
 
 /** Extract of the 2 GiB mapped-ram file against cp, QEMU's restore and analyze-migration.py. */
@@ -413,20 +615,30 @@ async function bigGuestGroup(inputs: Inputs): Promise<void> {
   rows.push(ratioRow(`extract, 64 GiB mostly-zero${tag} vs cp --sparse=always`, ms(m, 'ramsnap'), ms(m, 'cp'), 'cp'));
 }
 
+const gnuTime = haveGnuTime();
+/** Output path of the commands measured for peak memory (removed before and after). */
+const rssOut = (): string => path.join(tmp, 'out-rss');
+
+/** Peak RSS (KiB) of one ramsnap run, whose output (if any) is rssOut(). */
+function peakKiB(args: string[]): number {
+  const out = rssOut();
+  rmOut(out);
+  try {
+    return gnuTime ? peakRssKiB(process.execPath, ramsnapArgs(args), tmp) : inProcess(TIMED_CLI, args).maxRssKiB;
+  } finally {
+    rmOut(out);
+  }
+}
+
+/** Peaks of the writers, measured while their inputs exist (create needs the memory file), printed with the memory rows. */
+const writerPeaks: { label: string; kib: number }[] = [];
+
 /** Peak RSS of each command, one run each (it hardly varies), against bare Node. */
 function memoryGroup(inputs: Inputs): void {
   log('peak memory');
-  const gnuTime = haveGnuTime();
   if (!gnuTime) notes.push('peak memory: /usr/bin/time not found, measured as the child\'s own process.resourceUsage().maxRSS (timed-cli.ts)');
-  const out = path.join(tmp, 'out-rss');
-  const peak = (args: string[]): number => {
-    rmOut(out);
-    try {
-      return gnuTime ? peakRssKiB(process.execPath, ramsnapArgs(args), tmp) : inProcess(TIMED_CLI, args).maxRssKiB;
-    } finally {
-      rmOut(out);
-    }
-  };
+  const out = rssOut();
+  const peak = peakKiB;
   const nodeKib = gnuTime ? peakRssKiB(process.execPath, ['-e', '0'], tmp) : bareNodeMaxRssKiB();
   const files: [string, string][] = [
     [`2 GiB mapped-ram${inputs.byQemu ? '' : ' (synthetic)'}`, inputs.mapped],
@@ -445,6 +657,7 @@ function memoryGroup(inputs: Inputs): void {
       rows.push(memoryRow(`peak memory, ${name}, ${label}`, peak(args), nodeKib, 'node -e 0', RSS_LIMIT_KIB));
     }
   }
+  for (const w of writerPeaks) rows.push(memoryRow(`peak memory, ${w.label}`, w.kib, nodeKib, 'node -e 0', RSS_LIMIT_KIB));
 }
 
 function bareNodeMaxRssKiB(): number {

@@ -28,18 +28,14 @@
  * is fsynced and renamed to the target only when complete, and removed on
  * any error, as SnapshotWriter does.
  */
-import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import { CAP_MAPPED_RAM, RamFlag, Section } from '../format/constants.js';
 import { concat, encodeConfiguration, type Configuration } from '../format/configuration.js';
 import { latin1Bytes } from '../format/cursor.js';
-import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
+import { RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, be64, planLayout, type PlanBlock } from '../format/layout.js';
 import { encodeFileHeader, encodeSectionStart } from '../format/section.js';
 import { encodeRamSetupEnd, encodeStreamEnd, type DeviceState } from '../format/tail.js';
-import { FileSink, syncDirectory } from './sink.js';
-import { TEMP_MARK } from './snapshot-writer.js';
+import { TempFile } from './sink.js';
 
 export interface LegacyWriterOptions {
   blocks: PlanBlock[];
@@ -77,8 +73,7 @@ export class LegacyWriter {
 
   private constructor(
     readonly target: string,
-    readonly tempPath: string,
-    private readonly sink: FileSink,
+    private readonly sink: TempFile,
     private readonly opts: LegacyWriterOptions,
   ) {
     this.byName = new Map(opts.blocks.map((b) => [b.name, b]));
@@ -96,18 +91,7 @@ export class LegacyWriter {
       if (err instanceof LayoutError) throw new RamsnapUsageError(err.code, err.message, err.field);
       throw err;
     }
-    if (!opts.force && fs.existsSync(target)) {
-      throw new RamsnapIoError('OUTPUT_EXISTS', `output ${target} already exists (use --force to replace it)`, target);
-    }
-    const dir = path.dirname(path.resolve(target));
-    const tempPath = path.join(dir, `.${path.basename(target)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
-    let fd: number;
-    try {
-      fd = fs.openSync(tempPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
-    } catch (err) {
-      throw ioError(err, tempPath, 'create');
-    }
-    const w = new LegacyWriter(target, tempPath, new FileSink(tempPath, fd), opts);
+    const w = new LegacyWriter(target, TempFile.create(target, opts.force), opts);
     try {
       await w.append(encodeLegacyHead(opts));
     } catch (err) {
@@ -154,16 +138,8 @@ export class LegacyWriter {
     try {
       await this.append(encodeStreamEnd(this.opts.ramSectionId ?? 1, this.opts.device));
       await this.flush();
-      await this.sink.truncate(this.position);
-      if (this.opts.fsync ?? true) await this.sink.sync();
-      await this.sink.close();
       this.done = true;
-      try {
-        fs.renameSync(this.tempPath, this.target);
-      } catch (err) {
-        throw ioError(err, this.target, 'rename the finished snapshot to');
-      }
-      if (this.opts.fsync ?? true) syncDirectory(path.dirname(path.resolve(this.target)));
+      await this.sink.commit(this.position, this.opts.fsync ?? true);
     } catch (err) {
       await this.abort();
       throw err;
@@ -172,11 +148,13 @@ export class LegacyWriter {
 
   /** Drops the temporary file; the target is untouched. */
   async abort(): Promise<void> {
-    if (!this.done) {
-      this.done = true;
-      await this.sink.close();
-    }
-    fs.rmSync(this.tempPath, { force: true });
+    this.done = true;
+    await this.sink.discard();
+  }
+
+  /** Where the stream is built until finalize() renames it to the target. */
+  get tempPath(): string {
+    return this.sink.path;
   }
 
   private checkRange(blockName: string, first: number, n: number, bytes: number): void {

@@ -3,8 +3,10 @@
  * RandomAccessSource, with every OS error turned into a RamsnapIoError
  * (disk full is IO_ENOSPC).
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { ioError } from '../format/errors.js';
+import path from 'node:path';
+import { RamsnapIoError, ioError } from '../format/errors.js';
 
 export class FileSink {
   /** Writes in flight: close() waits for them, so a reused descriptor number never receives them. */
@@ -61,5 +63,65 @@ export function syncDirectory(dir: string): void {
     }
   } catch {
     // Some file systems cannot fsync a directory; the data itself is synced.
+  }
+}
+
+/** Temporary files are named so that a later run can find and remove what a killed one left. */
+export const TEMP_MARK = '.ramsnap-tmp-';
+
+/**
+ * A file built under a temporary name next to its target and renamed onto
+ * it only when complete: `.TARGET.ramsnap-tmp-PID-HEX`, created with
+ * O_EXCL|O_NOFOLLOW in the target's directory (so the rename is atomic).
+ */
+export class TempFile extends FileSink {
+  private closed = false;
+
+  private constructor(
+    path: string,
+    fd: number,
+    readonly target: string,
+  ) {
+    super(path, fd);
+  }
+
+  /** Refuses an existing target unless `force`. */
+  static create(target: string, force = false): TempFile {
+    if (!force && fs.existsSync(target)) {
+      throw new RamsnapIoError('OUTPUT_EXISTS', `output ${target} already exists (use --force to replace it)`, target);
+    }
+    const dir = path.dirname(path.resolve(target));
+    const tempPath = path.join(dir, `.${path.basename(target)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+    try {
+      const fd = fs.openSync(tempPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+      return new TempFile(tempPath, fd, target);
+    } catch (err) {
+      throw ioError(err, tempPath, 'create');
+    }
+  }
+
+  /** Cuts the file at `size`, syncs it (unless told not to), and renames it onto the target. */
+  async commit(size: number, fsync = true): Promise<void> {
+    await this.truncate(size);
+    if (fsync) await this.sync();
+    await this.closeOnce();
+    try {
+      fs.renameSync(this.path, this.target);
+    } catch (err) {
+      throw ioError(err, this.target, 'rename the finished snapshot to');
+    }
+    if (fsync) syncDirectory(path.dirname(path.resolve(this.target)));
+  }
+
+  /** Closes (after writes in flight) and removes the temporary file; the target is untouched. */
+  async discard(): Promise<void> {
+    await this.closeOnce();
+    fs.rmSync(this.path, { force: true });
+  }
+
+  private async closeOnce(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.close();
   }
 }

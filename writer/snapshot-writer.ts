@@ -10,14 +10,11 @@
  * only then renamed to the target, so an interrupted or failed write never
  * leaves a file at the target path.
  */
-import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import { clearBit, setRange, testBit } from '../format/bitmap.js';
-import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
+import { RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, encodeBlockEntry, planLayout, type BlockPlan, type LayoutPlan, type PlanOptions } from '../format/layout.js';
 import { encodeTail, type DeviceState } from '../format/tail.js';
-import { FileSink, syncDirectory } from './sink.js';
+import { TempFile } from './sink.js';
 
 export interface WriterOptions extends PlanOptions {
   /** Device sections and description to put after the RAM (from a template); none: a RAM-only stream. */
@@ -30,8 +27,7 @@ export interface WriterOptions extends PlanOptions {
   fsync?: boolean;
 }
 
-/** Temporary files are named so that a later run can find and remove what a killed one left. */
-export const TEMP_MARK = '.ramsnap-tmp-';
+export { TEMP_MARK } from './sink.js';
 
 export class SnapshotWriter {
   private readonly bitmaps: Uint8Array[];
@@ -41,8 +37,7 @@ export class SnapshotWriter {
 
   private constructor(
     readonly target: string,
-    readonly tempPath: string,
-    private readonly sink: FileSink,
+    private readonly sink: TempFile,
     readonly plan: LayoutPlan,
     private readonly opts: WriterOptions,
   ) {
@@ -62,18 +57,7 @@ export class SnapshotWriter {
     if (opts.prefix && (opts.streamOffset ?? 0) !== opts.prefix.length) {
       throw new RamsnapUsageError('BAD_OFFSET', `prefix is ${opts.prefix.length} bytes but the stream offset is ${opts.streamOffset ?? 0}`, 'streamOffset');
     }
-    if (!opts.force && fs.existsSync(target)) {
-      throw new RamsnapIoError('OUTPUT_EXISTS', `output ${target} already exists (use --force to replace it)`, target);
-    }
-    const dir = path.dirname(path.resolve(target));
-    const tempPath = path.join(dir, `.${path.basename(target)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
-    let fd: number;
-    try {
-      fd = fs.openSync(tempPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
-    } catch (err) {
-      throw ioError(err, tempPath, 'create');
-    }
-    const w = new SnapshotWriter(target, tempPath, new FileSink(tempPath, fd), plan, opts);
+    const w = new SnapshotWriter(target, TempFile.create(target, opts.force), plan, opts);
     try {
       if (opts.prefix) await w.sink.write(0, opts.prefix);
       await w.sink.write(plan.streamOffset, plan.head);
@@ -85,6 +69,11 @@ export class SnapshotWriter {
       throw err;
     }
     return w;
+  }
+
+  /** Where the file is built until finalize() renames it to the target. */
+  get tempPath(): string {
+    return this.sink.path;
   }
 
   get pageSize(): number {
@@ -160,16 +149,8 @@ export class SnapshotWriter {
       for (let i = 0; i < this.plan.blocks.length; i++) await this.sink.write(this.plan.blocks[i].bitmapOffset, this.bitmaps[i]);
       const tail = encodeTail(this.plan.ramSectionId, this.opts.device);
       await this.sink.write(this.plan.tailOffset, tail);
-      await this.sink.truncate(this.plan.tailOffset + tail.length);
-      if (this.opts.fsync ?? true) await this.sink.sync();
-      await this.sink.close();
       this.done = true;
-      try {
-        fs.renameSync(this.tempPath, this.target);
-      } catch (err) {
-        throw ioError(err, this.target, 'rename the finished snapshot to');
-      }
-      if (this.opts.fsync ?? true) syncDirectory(path.dirname(path.resolve(this.target)));
+      await this.sink.commit(this.plan.tailOffset + tail.length, this.opts.fsync ?? true);
     } catch (err) {
       await this.abort();
       throw err;
@@ -178,11 +159,8 @@ export class SnapshotWriter {
 
   /** Drops the temporary file; the target is untouched. */
   async abort(): Promise<void> {
-    if (!this.done) {
-      this.done = true;
-      await this.sink.close();
-    }
-    fs.rmSync(this.tempPath, { force: true });
+    this.done = true;
+    await this.sink.discard();
   }
 
   private checkOpen(): void {

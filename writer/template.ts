@@ -2,7 +2,6 @@
  * Device state taken from a QEMU snapshot (the template), copied verbatim
  * into a new one so QEMU restores a working VM and not only its RAM.
  */
-import { Section } from '../format/constants.js';
 import { concat } from '../format/configuration.js';
 import { MigCommand } from '../format/constants.js';
 import type { DeviceState } from '../format/tail.js';

@@ -52,6 +52,8 @@ export const COPY_DEPTH = 4;
 /** What both writers accept. */
 export interface PageSink {
   readonly pageSize: number;
+  /** Pages must arrive in order (a sequential stream); else chunks are written as they are read. */
+  readonly ordered?: boolean;
   writePages(block: string, first: number, data: Uint8Array): Promise<void>;
   zeroPages(block: string, first: number, count: number): void | Promise<void>;
 }
@@ -89,6 +91,7 @@ export async function pump(
     return { buf, scratch: opts.scratchBytes ? Buffer.allocUnsafe(opts.scratchBytes) : buf };
   });
   const it = chunks[Symbol.iterator]();
+  if (sink.ordered === false) return pumpUnordered(it, sink, read, pool);
   const inflight: { c: Chunk; slot?: Slot; p: Promise<Uint8Array | undefined> }[] = [];
   let pages = 0;
   const fill = (): void => {
@@ -124,6 +127,38 @@ export async function pump(
   } finally {
     await Promise.allSettled(inflight.map((x) => x.p));
   }
+  return pages;
+}
+
+/**
+ * For a positional sink (mapped-ram): one worker per slot reads a chunk and
+ * writes it, so reads and writes of several chunks overlap. After an error
+ * the workers finish what they hold and take no more.
+ */
+async function pumpUnordered(it: Iterator<Chunk>, sink: PageSink, read: (c: Chunk, slot: Slot) => Promise<Uint8Array>, pool: Slot[]): Promise<number> {
+  let pages = 0;
+  let failed = false;
+  const worker = async (slot: Slot): Promise<void> => {
+    while (!failed) {
+      const n = it.next();
+      if (n.done) return;
+      const c = n.value;
+      try {
+        if (c.data) {
+          await sink.writePages(c.block, c.first, await read(c, slot));
+          pages += c.count;
+        } else {
+          await sink.zeroPages(c.block, c.first, c.count);
+        }
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  const results = await Promise.allSettled(pool.map(worker));
+  const err = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (err) throw err.reason;
   return pages;
 }
 

@@ -42,6 +42,15 @@ export class FileSink {
     return new Promise((resolve, reject) => fs.ftruncate(this.fd, size, (err) => (err ? reject(ioError(err, this.path, 'resize')) : resolve())));
   }
 
+  /** fdatasync, tracked like a write so close() waits for it. */
+  datasync(): Promise<void> {
+    const p = new Promise<void>((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(ioError(err, this.path, 'sync')) : resolve())));
+    this.pending.add(p);
+    const settle = (): void => void this.pending.delete(p);
+    p.then(settle, settle);
+    return p;
+  }
+
   sync(): Promise<void> {
     return new Promise((resolve, reject) => fs.fsync(this.fd, (err) => (err ? reject(ioError(err, this.path, 'sync')) : resolve())));
   }

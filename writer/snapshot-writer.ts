@@ -29,8 +29,20 @@ export interface WriterOptions extends PlanOptions {
 
 export { TEMP_MARK } from './sink.js';
 
+/**
+ * Page bytes written between two background fdatasyncs. The kernel starts
+ * writeback of a file only at a fraction of all memory; syncing as we go
+ * lets the disk work while pages are still being copied, so the fsync
+ * before the rename has little left to do.
+ */
+const WRITEBACK_EVERY = 128 << 20;
+
 export class SnapshotWriter {
+  /** Pages may be written in any order and concurrently (different pages). */
+  readonly ordered = false;
   private readonly bitmaps: Uint8Array[];
+  private sinceWriteback = 0;
+  private writeback: Promise<void> | undefined;
   private readonly byName: Map<string, number>;
   private readonly zeroPage: Buffer;
   private done = false;
@@ -119,8 +131,25 @@ export class SnapshotWriter {
           throw err;
         }
         setRange(bm, first + start, p - start, true);
+        this.startWriteback((p - start) * ps);
       }
     }
+  }
+
+  private startWriteback(bytes: number): void {
+    if (!(this.opts.fsync ?? true)) return;
+    this.sinceWriteback += bytes;
+    if (this.sinceWriteback < WRITEBACK_EVERY || this.writeback) return;
+    this.sinceWriteback = 0;
+    // Not awaited: a failure here shows again, and is reported, at the fsync in finalize().
+    this.writeback = this.sink.datasync().then(
+      () => {
+        this.writeback = undefined;
+      },
+      () => {
+        this.writeback = undefined;
+      },
+    );
   }
 
   /** Marks pages as zero (their bits clear); their bytes, if any, stay and are ignored. */

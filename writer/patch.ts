@@ -131,6 +131,8 @@ async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: num
   const result: PatchResult = { file, block: block.name, at, length: data.length, firstPage, pages: endPage - firstPage, pagesWritten: 0, pageWrites: 0, bitsSet: 0, bitsCleared: 0 };
   try {
     const buf = new Uint8Array(CHUNK_PAGES * ps);
+    const zeroPage = Buffer.alloc(ps);
+    const zero = new Uint8Array(CHUNK_PAGES);
     for (let c0 = firstPage; c0 < endPage; c0 += CHUNK_PAGES) {
       const n = Math.min(CHUNK_PAGES, endPage - c0);
       const chunk = buf.subarray(0, n * ps);
@@ -139,10 +141,12 @@ async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: num
       const from = Math.max(at, c0 * ps);
       const to = Math.min(end, (c0 + n) * ps);
       await data.read(from - at, chunk.subarray(from - c0 * ps, to - c0 * ps));
+      // Zero-ness of each page, once: the first byte settles most pages, memcmp the rest.
+      for (let i = 0; i < n; i++) zero[i] = chunk[i * ps] === 0 && zeroPage.equals(chunk.subarray(i * ps, (i + 1) * ps)) ? 1 : 0;
       // Which pages to write: the non-zero ones, and zeros over present pages that became zero.
       let p = 0;
       while (p < n) {
-        const write = (i: number): boolean => !isZero(chunk, i, ps) || testBit(before, c0 + i);
+        const write = (i: number): boolean => zero[i] === 0 || testBit(before, c0 + i);
         while (p < n && !write(p)) p++;
         const start = p;
         while (p < n && write(p)) p++;
@@ -155,7 +159,7 @@ async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: num
       for (let i = 0; i < n; i++) {
         const page = c0 + i;
         const present = testBit(before, page);
-        const nonZero = !isZero(chunk, i, ps);
+        const nonZero = zero[i] === 0;
         if (nonZero && !present) {
           setBit(bits, bitOf(page));
           result.bitsSet++;
@@ -175,12 +179,6 @@ async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: num
     await sink.close();
   }
   return result;
-}
-
-function isZero(chunk: Uint8Array, page: number, ps: number): boolean {
-  const from = page * ps;
-  for (let i = from; i < from + ps; i++) if (chunk[i] !== 0) return false;
-  return true;
 }
 
 interface OpenPatchData {

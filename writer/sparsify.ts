@@ -44,6 +44,9 @@ export interface SparsifyResult {
   alignment: number;
 }
 
+/** Bytes before the stream (a libvirt header and XML) copied into the new file, held in memory. */
+const MAX_PREFIX = 64 << 20;
+
 /** Pages copied per read: a few MiB at most in memory. */
 const RUN_PAGES = 256;
 
@@ -66,6 +69,13 @@ export async function sparsifySnapshot(file: string, o: SparsifyOptions = {}): P
     const { plan, opts } = await reproducibleLayout(snap);
     alignment = plan.alignment;
     const m = snap.model;
+    if (m.streamOffset > MAX_PREFIX) {
+      throw new RamsnapFormatError(FormatCode.UNSUPPORTED, `the stream starts ${m.streamOffset} bytes into the file; sparsify copies at most ${MAX_PREFIX} bytes before it`, {
+        field: 'stream offset',
+        offset: m.streamOffset,
+        expected: `<= ${MAX_PREFIX}`,
+      });
+    }
     const prefix = m.streamOffset > 0 ? await snap.source.read(0, m.streamOffset, 'prefix') : undefined;
     w = await SnapshotWriter.create(target, { ...opts, device: await deviceStateOf(snap), prefix, force: true, fsync: o.fsync ?? true });
     o.onTemp?.(w.tempPath);

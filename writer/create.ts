@@ -112,11 +112,11 @@ async function build(output: string, o: CreateOptions, images: OpenImage[], temp
     }
     const blocks = template.blocks.map((b) => ({ name: b.name, usedLength: b.usedLength }));
     const written = mappedRamConfiguration(had, blocks, m.pageSize, m.ramSectionId);
-    if (had.uuid !== undefined) notes.push(`the template's uuid (${had.uuid}) is not written: the mapped-ram writer has no place for it`);
     writer = await SnapshotWriter.create(output, {
       machine: written.machine,
       capabilities: written.capabilities,
       targetPageBits: written.targetPageBits,
+      uuid: written.uuid,
       pageSize: m.pageSize,
       blocks,
       ramSectionId: m.ramSectionId,

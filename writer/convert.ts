@@ -218,6 +218,29 @@ export function mappedRamConfiguration(cfg: Configuration, blocks: { name: strin
   }
 }
 
+/**
+ * A mapped-ram writer for `output` laid out like `snap` (blocks, page size,
+ * RAM section id, configuration with mapped-ram) and carrying its device
+ * state, the description's configuration entry rewritten to match.
+ */
+export async function mappedRamWriterLike(snap: Snapshot, had: Configuration, output: string, o: { force?: boolean; fsync?: boolean }): Promise<SnapshotWriter> {
+  const m = snap.model;
+  const blocks = snap.blocks.map((b) => ({ name: b.name, usedLength: b.usedLength }));
+  const written = mappedRamConfiguration(had, blocks, m.pageSize, m.ramSectionId);
+  return SnapshotWriter.create(output, {
+    machine: written.machine,
+    capabilities: written.capabilities,
+    targetPageBits: written.targetPageBits,
+    uuid: written.uuid,
+    pageSize: m.pageSize,
+    blocks,
+    ramSectionId: m.ramSectionId,
+    device: withConfiguration(await deviceStateOf(snap), had, written),
+    force: o.force,
+    fsync: o.fsync,
+  });
+}
+
 /** Device state whose description describes `written` instead of the configuration the source file had. */
 export function withConfiguration(dev: DeviceState, had: Configuration, written: Configuration): DeviceState {
   if (!dev.vmdesc || sameConfiguration(had, written)) return dev;
@@ -234,24 +257,12 @@ export async function convertSnapshot(input: string, output: string, o: ConvertO
     const m = snap.model;
     const had = checkConvertible(snap, input);
     const blocks = snap.blocks.map((b) => ({ name: b.name, usedLength: b.usedLength }));
-    const dev = await deviceStateOf(snap);
     const notes: string[] = [];
     let sink: SnapshotWriter | LegacyWriter;
     if (o.to === 'mapped-ram') {
-      const written = mappedRamConfiguration(had, blocks, m.pageSize, m.ramSectionId);
-      sink = await SnapshotWriter.create(output, {
-        machine: written.machine,
-        capabilities: written.capabilities,
-        targetPageBits: written.targetPageBits,
-        uuid: written.uuid,
-        pageSize: m.pageSize,
-        blocks,
-        ramSectionId: m.ramSectionId,
-        device: withConfiguration(dev, had, written),
-        force: o.force,
-        fsync: o.fsync,
-      });
+      sink = await mappedRamWriterLike(snap, had, output, o);
     } else {
+      const dev = await deviceStateOf(snap);
       const written: Configuration = { ...had, capabilities: had.capabilities.filter((c) => c !== CAP_MAPPED_RAM) };
       sink = await LegacyWriter.create(output, {
         configuration: written,

@@ -16,9 +16,8 @@
 import fs from 'node:fs';
 import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
 import { Snapshot } from '../reader/snapshot.js';
-import { COPY_CHUNK, checkConvertible, copyBlock, mappedRamConfiguration, pump, withConfiguration, type Chunk, type PageSink } from './convert.js';
+import { COPY_CHUNK, checkConvertible, copyBlock, mappedRamWriterLike, pump, type Chunk, type PageSink } from './convert.js';
 import { SnapshotWriter } from './snapshot-writer.js';
-import { deviceStateOf } from './template.js';
 
 export interface RamImage {
   /** RAMBlock name, e.g. pc.ram. */
@@ -110,20 +109,7 @@ async function build(output: string, o: CreateOptions, images: OpenImage[], temp
         throw new RamsnapUsageError('RAM_SIZE_MISMATCH', `${img.file} is ${img.size} bytes but block ${img.block} of the template is ${b.usedLength} bytes`, 'ram');
       }
     }
-    const blocks = template.blocks.map((b) => ({ name: b.name, usedLength: b.usedLength }));
-    const written = mappedRamConfiguration(had, blocks, m.pageSize, m.ramSectionId);
-    writer = await SnapshotWriter.create(output, {
-      machine: written.machine,
-      capabilities: written.capabilities,
-      targetPageBits: written.targetPageBits,
-      uuid: written.uuid,
-      pageSize: m.pageSize,
-      blocks,
-      ramSectionId: m.ramSectionId,
-      device: withConfiguration(await deviceStateOf(template), had, written),
-      force: o.force,
-      fsync: o.fsync,
-    });
+    writer = await mappedRamWriterLike(template, had, output, o);
   } else {
     writer = await SnapshotWriter.create(output, {
       machine: o.machine as string,

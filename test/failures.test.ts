@@ -22,7 +22,7 @@ import { MAPPED_RAM_HDR_SIZE, RamFlag, Section } from '../format/constants.js';
 import { FILE_HEADER_SIZE } from '../format/section.js';
 import { LIBVIRT_HEADER_SIZE, encodeLibvirtHeader } from '../format/libvirt.js';
 import { MAX_BITMAP_MEMORY } from '../reader/walk.js';
-import { pageBytes, synthesize, type SynthFile } from './helpers/synth.js';
+import { DEVICE_DESC, pageBytes, synthesize, type SynthFile } from './helpers/synth.js';
 
 const PS = 4096;
 
@@ -184,17 +184,7 @@ function withDescription(f: SynthFile, desc: unknown): Damaged {
 }
 
 /** The synthetic device description, for variations. */
-const TIMER = {
-  name: 'timer',
-  instance_id: 0,
-  vmsd_name: 'timer',
-  version: 2,
-  fields: [
-    { name: 'cpu_ticks_offset', type: 'int64', size: 8 },
-    { name: 'enabled', type: 'bool', size: 1 },
-    { name: 'regs', array_len: 2, type: 'uint16', size: 2 },
-  ],
-};
+const TIMER = DEVICE_DESC;
 
 /** A libvirt save image: header + XML padded to 4 KiB, then a legacy stream. */
 function libvirtImage(over: { format?: number; partial?: boolean } = {}) {

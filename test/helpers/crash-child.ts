@@ -22,6 +22,7 @@ import { report, run } from '../../analyze/cli.js';
 import { planLayout, type PlanOptions } from '../../format/layout.js';
 import { Snapshot } from '../../reader/snapshot.js';
 import { SnapshotWriter } from '../../writer/snapshot-writer.js';
+import { randomPage } from '../../writer/testing.js';
 
 export type Job =
   | { mode: 'write'; target: string; plan: PlanOptions; seed: number; delayMs: number }
@@ -30,16 +31,7 @@ export type Job =
 /** What the writer writes in mode 'write': page p of block b is non-zero when (p + b) is even. */
 export function intendedPage(blockIndex: number, page: number, pageSize: number, seed: number): Uint8Array | undefined {
   if ((page + blockIndex) % 2 !== 0) return undefined;
-  const out = new Uint8Array(pageSize);
-  let x = (seed * 7919 + blockIndex * 104729 + page * 31 + 1) >>> 0 || 1;
-  for (let i = 0; i < pageSize; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = x & 0xff;
-  }
+  const out = randomPage(pageSize, (seed * 7919 + blockIndex * 104729 + page * 31 + 1) >>> 0);
   out[0] |= 1; // never an all-zero page
   return out;
 }

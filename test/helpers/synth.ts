@@ -11,6 +11,7 @@ import { encodeMappedRamHeader, mappedRamPlacement } from '../../format/mapped-r
 import { bitmapBytes, setBit } from '../../format/bitmap.js';
 import { encodeCommand, encodeFileHeader, encodeFooter, encodeSectionPart, encodeSectionStart } from '../../format/section.js';
 import { VirtualSource, BufferSource } from '../../reader/source.js';
+import { randomPage } from '../../writer/testing.js';
 
 export interface SynthBlock {
   name: string;
@@ -55,7 +56,8 @@ export interface SynthFile {
   bytes(): Uint8Array;
 }
 
-const DEVICE_DESC = {
+/** The synthetic device's description (a `timer` with an int64, a bool and a two-element array). */
+export const DEVICE_DESC = {
   name: 'timer',
   instance_id: 0,
   vmsd_name: 'timer',
@@ -224,17 +226,5 @@ export function bufferSource(bytes: Uint8Array): BufferSource {
   return new BufferSource(bytes);
 }
 
-/** Deterministic page contents: page p of a block, seeded. */
-export function pageBytes(ps: number, seed: number): Uint8Array {
-  const out = new Uint8Array(ps);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < ps; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
+/** Deterministic page contents, seeded: ramsnap/testing's random page. */
+export const pageBytes = randomPage;

@@ -43,6 +43,30 @@ export const FormatCode = {
 } as const;
 export type FormatCode = (typeof FormatCode)[keyof typeof FormatCode];
 
+/**
+ * Stable codes for migration options (`ramsnap save` flags and config files,
+ * `ramsnap options --check`). SPEC.md, "Save options", lists every rule.
+ */
+export const OptionCode = {
+  /** A key or name ramsnap does not know (a typo, or a QEMU option ramsnap does not model). */
+  OPTION_UNKNOWN: 'OPTION_UNKNOWN',
+  /** A value of the wrong type: a string where a number is needed, a fraction, an array. */
+  OPTION_TYPE: 'OPTION_TYPE',
+  /** A number outside the range QEMU (or ramsnap) accepts. */
+  OPTION_RANGE: 'OPTION_RANGE',
+  /** Two capabilities that cannot be on together. */
+  OPTION_CONFLICT: 'OPTION_CONFLICT',
+  /** An option that needs another one on. */
+  OPTION_REQUIRES: 'OPTION_REQUIRES',
+  /** An option QEMU 10 no longer has (e.g. the compress capability, removed in 9.1). */
+  OPTION_REMOVED: 'OPTION_REMOVED',
+  /** A policy module path that names no file. */
+  OPTION_NOT_FOUND: 'OPTION_NOT_FOUND',
+  /** A config file that is not a JSON object. */
+  OPTION_CONFIG: 'OPTION_CONFIG',
+} as const;
+export type OptionCode = (typeof OptionCode)[keyof typeof OptionCode];
+
 export interface FormatErrorDetails {
   /** The field or rule that failed, e.g. `ramblock[pc.ram].bitmap_offset`. */
   field: string;

@@ -58,6 +58,8 @@ export const OptionCode = {
   OPTION_CONFLICT: 'OPTION_CONFLICT',
   /** An option that needs another one on. */
   OPTION_REQUIRES: 'OPTION_REQUIRES',
+  /** An option ramsnap's own save does not implement (e.g. xbzrle, postcopy-ram without mapped-ram). */
+  OPTION_UNSUPPORTED: 'OPTION_UNSUPPORTED',
   /** An option QEMU 10 no longer has (e.g. the compress capability, removed in 9.1). */
   OPTION_REMOVED: 'OPTION_REMOVED',
   /** A policy module path that names no file. */

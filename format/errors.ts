@@ -44,6 +44,22 @@ export const FormatCode = {
 export type FormatCode = (typeof FormatCode)[keyof typeof FormatCode];
 
 /**
+ * Codes for the state of a file that ramsnap is writing or patching: not
+ * rules of the format (a RamsnapIoError carries them). SPEC.md §13.9.
+ */
+export const StateCode = {
+  /** Another ramsnap process holds the target's lock file. */
+  TARGET_LOCKED: 'TARGET_LOCKED',
+  /** A patch journal or the patch marker is there: the file is being patched, or a patch was interrupted. */
+  PATCH_IN_PROGRESS: 'PATCH_IN_PROGRESS',
+  /** The file changed while it was being read (a writer that ignores the lock, or a race the reader lost repeatedly). */
+  FILE_CHANGED: 'FILE_CHANGED',
+  /** A patch journal that does not belong to the file beside it (the file was replaced or changed after the patch was interrupted). */
+  JOURNAL_MISMATCH: 'JOURNAL_MISMATCH',
+} as const;
+export type StateCode = (typeof StateCode)[keyof typeof StateCode];
+
+/**
  * Stable codes for migration options (`ramsnap save` flags and config files,
  * `ramsnap options --check`). SPEC.md, "Save options", lists every rule.
  */

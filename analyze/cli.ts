@@ -14,6 +14,7 @@ import * as create from './commands/create.js';
 import * as convert from './commands/convert.js';
 import * as patch from './commands/patch.js';
 import * as sparsify from './commands/sparsify.js';
+import * as options from './commands/options.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
 import { errorLine, printable } from './human.js';
@@ -31,6 +32,7 @@ export function buildCli(argv: string[]): Argv {
     .command(convert)
     .command(patch)
     .command(sparsify)
+    .command(options)
     .demandCommand(1, 'name a command')
     .strict()
     .help()

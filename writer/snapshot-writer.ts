@@ -14,6 +14,7 @@ import { clearBit, setRange, testBit } from '../format/bitmap.js';
 import { RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, encodeBlockEntry, planLayout, type BlockPlan, type LayoutPlan, type PlanOptions } from '../format/layout.js';
 import { encodeTail, type DeviceState } from '../format/tail.js';
+import type { TargetLock } from './lock.js';
 import { TempFile } from './sink.js';
 
 export interface WriterOptions extends PlanOptions {
@@ -25,6 +26,8 @@ export interface WriterOptions extends PlanOptions {
   force?: boolean;
   /** fsync before the rename (default true). */
   fsync?: boolean;
+  /** The target's lock, when the caller already holds it (sparsify: across reading and rewriting); else the writer takes it. */
+  lock?: TargetLock;
 }
 
 export { TEMP_MARK } from './sink.js';
@@ -50,12 +53,16 @@ export class SnapshotWriter {
   private constructor(
     readonly target: string,
     private readonly sink: TempFile,
-    readonly plan: LayoutPlan,
-    private readonly opts: WriterOptions,
+    private currentPlan: LayoutPlan,
+    private opts: WriterOptions,
   ) {
-    this.bitmaps = plan.blocks.map((b) => new Uint8Array(b.bitmapSize));
-    this.byName = new Map(plan.blocks.map((b, i) => [b.name, i]));
-    this.zeroPage = Buffer.alloc(plan.pageSize);
+    this.bitmaps = currentPlan.blocks.map((b) => new Uint8Array(b.bitmapSize));
+    this.byName = new Map(currentPlan.blocks.map((b, i) => [b.name, i]));
+    this.zeroPage = Buffer.alloc(currentPlan.pageSize);
+  }
+
+  get plan(): LayoutPlan {
+    return this.currentPlan;
   }
 
   static async create(target: string, opts: WriterOptions): Promise<SnapshotWriter> {
@@ -69,7 +76,7 @@ export class SnapshotWriter {
     if (opts.prefix && (opts.streamOffset ?? 0) !== opts.prefix.length) {
       throw new RamsnapUsageError('BAD_OFFSET', `prefix is ${opts.prefix.length} bytes but the stream offset is ${opts.streamOffset ?? 0}`, 'streamOffset');
     }
-    const w = new SnapshotWriter(target, TempFile.create(target, opts.force), plan, opts);
+    const w = new SnapshotWriter(target, TempFile.create(target, opts.force, opts.lock), plan, opts);
     try {
       if (opts.prefix) await w.sink.write(0, opts.prefix);
       await w.sink.write(plan.streamOffset, plan.head);
@@ -160,6 +167,31 @@ export class SnapshotWriter {
     }
     this.checkOpen();
     setRange(this.bitmaps[this.byName.get(blockName) as number], first, count, false);
+  }
+
+  /**
+   * Changes what the stream says around the pages (machine, capabilities,
+   * RAM section id, device state) before finalize(), keeping every block
+   * where it is: a live save learns the RAM section id and the device state
+   * only once the guest is paused, long after its pages were written.
+   */
+  async retarget(o: Pick<WriterOptions, 'machine' | 'capabilities' | 'ramSectionId' | 'targetPageBits' | 'uuid' | 'device'>): Promise<void> {
+    this.checkOpen();
+    const blocks = this.plan.blocks.map((b) => ({ name: b.name, usedLength: b.usedLength }));
+    let plan: LayoutPlan;
+    try {
+      plan = planLayout({ ...this.opts, ...o, blocks });
+    } catch (err) {
+      if (err instanceof LayoutError) throw new RamsnapUsageError(err.code, err.message, err.field);
+      throw err;
+    }
+    const moved = plan.tailOffset !== this.plan.tailOffset || plan.blocks.some((b, i) => b.entryOffset !== this.plan.blocks[i].entryOffset || b.pagesOffset !== this.plan.blocks[i].pagesOffset);
+    if (moved) {
+      throw new RamsnapUsageError('LAYOUT_CHANGED', `the new stream head is ${plan.head.length} bytes where ${this.plan.head.length} were reserved: the blocks would move`, 'head');
+    }
+    await this.sink.write(plan.streamOffset, plan.head);
+    this.currentPlan = plan;
+    this.opts = { ...this.opts, ...o };
   }
 
   /** Whether a page is currently marked present. */

@@ -108,7 +108,8 @@ export function readConfigFile(file: string): { input?: unknown; violations: Vio
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw ioError(err, file, 'read config file');
+    // A config file that is not there is a bad argument like any other: reported with the rest.
+    return { violations: [{ code: OptionCode.OPTION_CONFIG, field: '(config)', message: ioError(err, file, 'read config file').message }] };
   }
   let input: unknown;
   try {

@@ -49,6 +49,7 @@ const KNOWN_PARAMS = 'known: multifd-channels, direct-io, downtime-limit, max-ba
 const COMPRESS_MESSAGE =
   `the compress capability was removed in QEMU 9.1 (QEMU 10 says "Parameter 'capability' does not accept value 'compress'"), ` +
   'and a mapped-ram file is never compressed';
+const X_IGNORE_SHARED_MESSAGE = "ramsnap save copies the guest's shared RAM itself; QEMU's part of the save must leave it out, so x-ignore-shared must stay on";
 const MULTIFD_FILE_MESSAGE = 'multifd needs mapped-ram when saving to a file (QEMU says at migrate: "Migration requires multi-channel URIs (e.g. tcp)")';
 
 const v = (code: string, field: string, message: string): Violation => ({ code: code as Violation['code'], field, message });
@@ -79,9 +80,12 @@ describe('each rule, with its exact message', () => {
     // Capabilities: QEMU's migrate_caps_check.
     { rule: 'mapped-ram + xbzrle', input: { capabilities: { xbzrle: true } }, violations: [v('OPTION_CONFLICT', 'capabilities.xbzrle', 'Mapped-ram migration is incompatible with xbzrle')] },
     {
-      rule: 'mapped-ram + postcopy-ram',
-      input: { capabilities: { 'postcopy-ram': true, 'x-ignore-shared': false } },
-      violations: [v('OPTION_CONFLICT', 'capabilities.postcopy-ram', 'Mapped-ram migration is incompatible with postcopy')],
+      rule: 'mapped-ram + postcopy-ram (and postcopy-ram + x-ignore-shared)',
+      input: { capabilities: { 'postcopy-ram': true } },
+      violations: [
+        v('OPTION_CONFLICT', 'capabilities.postcopy-ram', 'Postcopy is not compatible with ignore-shared'),
+        v('OPTION_CONFLICT', 'capabilities.postcopy-ram', 'Mapped-ram migration is incompatible with postcopy'),
+      ],
     },
     {
       rule: 'multifd + xbzrle (and mapped-ram + xbzrle)',
@@ -92,9 +96,10 @@ describe('each rule, with its exact message', () => {
       ],
     },
     {
-      rule: 'postcopy-ram + multifd (and mapped-ram + postcopy-ram)',
-      input: { capabilities: { 'postcopy-ram': true, multifd: true, 'x-ignore-shared': false } },
+      rule: 'postcopy-ram + multifd (and the other two postcopy-ram rules)',
+      input: { capabilities: { 'postcopy-ram': true, multifd: true } },
       violations: [
+        v('OPTION_CONFLICT', 'capabilities.postcopy-ram', 'Postcopy is not compatible with ignore-shared'),
         v('OPTION_CONFLICT', 'capabilities.postcopy-ram', 'Postcopy is not yet compatible with multifd'),
         v('OPTION_CONFLICT', 'capabilities.postcopy-ram', 'Mapped-ram migration is incompatible with postcopy'),
       ],
@@ -117,10 +122,14 @@ describe('each rule, with its exact message', () => {
       violations: [v('OPTION_UNSUPPORTED', 'capabilities.xbzrle', 'ramsnap save writes whole pages, never XBZRLE deltas (and ramsnap cannot read them back)')],
     },
     {
-      rule: 'postcopy-ram alone',
+      rule: 'postcopy-ram alone (only possible with x-ignore-shared off, itself refused)',
       input: { capabilities: { 'postcopy-ram': true, 'mapped-ram': false, 'x-ignore-shared': false } },
-      violations: [v('OPTION_UNSUPPORTED', 'capabilities.postcopy-ram', 'ramsnap save is precopy only: postcopy needs a destination QEMU pulling pages')],
+      violations: [
+        v('OPTION_UNSUPPORTED', 'capabilities.postcopy-ram', 'ramsnap save is precopy only: postcopy needs a destination QEMU pulling pages'),
+        v('OPTION_UNSUPPORTED', 'capabilities.x-ignore-shared', X_IGNORE_SHARED_MESSAGE),
+      ],
     },
+    { rule: 'x-ignore-shared off', input: { capabilities: { 'x-ignore-shared': 'off' } }, violations: [v('OPTION_UNSUPPORTED', 'capabilities.x-ignore-shared', X_IGNORE_SHARED_MESSAGE)] },
     // Requirements.
     { rule: 'multifd needs mapped-ram', input: { capabilities: { multifd: true, 'mapped-ram': false } }, violations: [v('OPTION_REQUIRES', 'capabilities.multifd', MULTIFD_FILE_MESSAGE)] },
     {
@@ -249,13 +258,13 @@ describe('accepted values', () => {
 
   it('numbers and booleans spelt as flags spell them', () => {
     const r = checkSaveOptions({
-      capabilities: { multifd: 'on', 'x-ignore-shared': 'off', 'mapped-ram': 'TRUE' },
+      capabilities: { multifd: 'on', 'x-ignore-shared': 'On', 'mapped-ram': 'TRUE' },
       parameters: { 'multifd-channels': '0x8', 'direct-io': 'true', 'downtime-limit': '500', 'max-bandwidth': '1G/s', 'x-checkpoint-delay': '100' },
       precopy: { threshold: '64MiB', 'max-iterations': '10', 'time-budget': '60000', 'on-budget': 'force', policy: 'downtime' },
     });
     expect(r.violations).toEqual([]);
     expect(r.options).toEqual({
-      capabilities: { 'mapped-ram': true, multifd: true, 'x-ignore-shared': false, xbzrle: false, 'postcopy-ram': false, compress: false },
+      capabilities: { 'mapped-ram': true, multifd: true, 'x-ignore-shared': true, xbzrle: false, 'postcopy-ram': false, compress: false },
       parameters: { 'multifd-channels': 8, 'direct-io': true, 'downtime-limit': 500, 'max-bandwidth': 1 << 30, 'x-checkpoint-delay': 100 },
       precopy: { policy: 'downtime', threshold: 64 << 20, 'max-iterations': 10, 'time-budget': 60000, 'on-budget': 'force' },
     });
@@ -356,13 +365,13 @@ describe('config file and flags', () => {
       parameters: { 'multifd-channels': 4, 'direct-io': true, 'downtime-limit': 100 },
       precopy: { policy: './pol.js', 'on-budget': 'force' },
     });
-    const r = resolveSaveOptions({ config, 'multifd-channels': '8', 'max-bandwidth': '2G/s', capability: ['x-ignore-shared=off'] });
+    const r = resolveSaveOptions({ config, 'multifd-channels': '8', 'max-bandwidth': '2G/s', 'on-budget': 'abort', capability: ['mapped-ram=on'] });
     expect(r.violations).toEqual([]);
     expect(r.options).toEqual({
-      capabilities: { 'mapped-ram': true, multifd: true, 'x-ignore-shared': false, xbzrle: false, 'postcopy-ram': false, compress: false },
+      capabilities: { 'mapped-ram': true, multifd: true, 'x-ignore-shared': true, xbzrle: false, 'postcopy-ram': false, compress: false },
       parameters: { 'multifd-channels': 8, 'direct-io': true, 'downtime-limit': 100, 'max-bandwidth': 2 * 1024 ** 3, 'x-checkpoint-delay': 20000 },
       // A policy path in a config file is relative to the file, not to the current directory.
-      precopy: { policy: path.join(tmp, 'cfg', 'pol.js'), threshold: 100 << 20, 'max-iterations': 30, 'time-budget': 0, 'on-budget': 'force' },
+      precopy: { policy: path.join(tmp, 'cfg', 'pol.js'), threshold: 100 << 20, 'max-iterations': 30, 'time-budget': 0, 'on-budget': 'abort' },
     });
   });
 
@@ -588,7 +597,7 @@ describe.skipIf(!qemuAvailable())('QEMU 10 agrees', () => {
   ];
   for (const c of capCases) {
     it(`capabilities ${JSON.stringify(c.caps)}: "${c.message}"`, async () => {
-      const ours = checkSaveOptions({ capabilities: { 'mapped-ram': false, 'x-ignore-shared': false, ...c.caps } }).violations;
+      const ours = checkSaveOptions({ capabilities: { 'mapped-ram': false, ...c.caps } }).violations;
       if (c.caps.compress === false) expect(ours).toEqual([]);
       else expect(ours.some((x) => x.message.includes(c.message)), JSON.stringify(ours)).toBe(true);
       expect(await refusal('migrate-set-capabilities', capsOf(c.caps))).toBe(c.message);

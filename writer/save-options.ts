@@ -62,7 +62,7 @@ export interface SaveOptions {
     'mapped-ram': boolean;
     /** Parallel writers (multifd-channels of them); needs mapped-ram for a file. */
     multifd: boolean;
-    /** Sent to QEMU for the tail save: shared RAM blocks are left out of it (ramsnap writes them). */
+    /** Sent to QEMU for the tail save: shared RAM blocks are left out of it (ramsnap writes them). Must be on. */
     'x-ignore-shared': boolean;
     /** Conflicts with mapped-ram (QEMU), and ramsnap's save has no XBZRLE: always off. */
     xbzrle: false;
@@ -349,6 +349,16 @@ function crossRules(o: SaveOptions, add: (code: OptionCode, field: string, messa
   }
   if (caps['postcopy-ram'] && !refusedByQemu.has('capabilities.postcopy-ram')) {
     add(OptionCode.OPTION_UNSUPPORTED, 'capabilities.postcopy-ram', 'ramsnap save is precopy only: postcopy needs a destination QEMU pulling pages');
+  }
+
+  // ramsnap's own: it copies the shared RAM itself, and QEMU's part saving it too would be
+  // a second, older copy (writer/live-save.ts refuses that file as SHARED_BLOCK_SAVED).
+  if (!caps['x-ignore-shared']) {
+    add(
+      OptionCode.OPTION_UNSUPPORTED,
+      'capabilities.x-ignore-shared',
+      "ramsnap save copies the guest's shared RAM itself; QEMU's part of the save must leave it out, so x-ignore-shared must stay on",
+    );
   }
 
   // QEMU checks this only at `migrate`: a file takes several channels only with mapped-ram.

@@ -6,7 +6,8 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { RamsnapIoError, ioError } from '../format/errors.js';
+import { RamsnapIoError, StateCode, ioError } from '../format/errors.js';
+import { JOURNAL_SUFFIX, TargetLock, notice, processAlive, sidecarPath } from './lock.js';
 
 export class FileSink {
   /** Writes in flight: close() waits for them, so a reused descriptor number never receives them. */
@@ -82,6 +83,11 @@ export const TEMP_MARK = '.ramsnap-tmp-';
  * A file built under a temporary name next to its target and renamed onto
  * it only when complete: `.TARGET.ramsnap-tmp-PID-HEX`, created with
  * O_EXCL|O_NOFOLLOW in the target's directory (so the rename is atomic).
+ *
+ * It holds the target's lock (lock.ts) from creation until the rename or
+ * the discard, so a second writer of the same target is refused with
+ * TARGET_LOCKED. Holding it, it removes the temporary files that killed
+ * writers of the same target left (their pid is gone), saying so on stderr.
  */
 export class TempFile extends FileSink {
   private closed = false;
@@ -90,22 +96,41 @@ export class TempFile extends FileSink {
     path: string,
     fd: number,
     readonly target: string,
+    private readonly lock: TargetLock,
+    private readonly ownsLock: boolean,
   ) {
     super(path, fd);
   }
 
-  /** Refuses an existing target unless `force`. */
-  static create(target: string, force = false): TempFile {
+  /**
+   * Refuses an existing target unless `force`. `lock`: the target's lock,
+   * already held by the caller (who releases it); without it the TempFile
+   * takes the lock and releases it when it is committed or discarded.
+   */
+  static create(target: string, force = false, lock?: TargetLock): TempFile {
     if (!force && fs.existsSync(target)) {
       throw new RamsnapIoError('OUTPUT_EXISTS', `output ${target} already exists (use --force to replace it)`, target);
     }
-    const dir = path.dirname(path.resolve(target));
-    const tempPath = path.join(dir, `.${path.basename(target)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+    const held = lock ?? TargetLock.acquire(target, 'write');
     try {
-      const fd = fs.openSync(tempPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
-      return new TempFile(tempPath, fd, target);
+      // Replacing a file whose patch was interrupted would orphan its journal: finish (or drop) the patch first.
+      const journal = sidecarPath(target, JOURNAL_SUFFIX);
+      if (fs.existsSync(journal)) {
+        throw new RamsnapIoError(StateCode.PATCH_IN_PROGRESS, `${target} has an unfinished patch (journal ${journal}); finish it first with: ramsnap patch --recover ${target}`, target);
+      }
+      const dir = path.dirname(path.resolve(target));
+      removeStaleTemps(dir, path.basename(target));
+      const tempPath = path.join(dir, `.${path.basename(target)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+      let fd: number;
+      try {
+        fd = fs.openSync(tempPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+      } catch (err) {
+        throw ioError(err, tempPath, 'create');
+      }
+      return new TempFile(tempPath, fd, target, held, !lock);
     } catch (err) {
-      throw ioError(err, tempPath, 'create');
+      if (!lock) held.release();
+      throw err;
     }
   }
 
@@ -120,17 +145,56 @@ export class TempFile extends FileSink {
       throw ioError(err, this.target, 'rename the finished snapshot to');
     }
     if (fsync) syncDirectory(path.dirname(path.resolve(this.target)));
+    if (this.ownsLock) this.lock.release();
   }
 
   /** Closes (after writes in flight) and removes the temporary file; the target is untouched. */
   async discard(): Promise<void> {
     await this.closeOnce();
     fs.rmSync(this.path, { force: true });
+    if (this.ownsLock) this.lock.release();
   }
 
   private async closeOnce(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.close();
+  }
+}
+
+/** `.NAME.ramsnap-tmp-PID-HEX`: the pid that made it. */
+const TEMP_NAME = /^(\d+)-[0-9a-f]{8}$/;
+
+/**
+ * Removes the temporary files of target `name` in `dir` whose writer is
+ * gone, one notice each; reports those it cannot remove or whose pid still
+ * runs. Called with the target's lock held, so none of them is being
+ * written by a ramsnap process that takes the lock (our own pid's are
+ * leftovers too).
+ */
+export function removeStaleTemps(dir: string, name: string): void {
+  const prefix = `.${name}${TEMP_MARK}`;
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(dir);
+  } catch {
+    return; // an unreadable directory: creating the temporary file will say what is wrong
+  }
+  for (const entry of entries) {
+    if (!entry.startsWith(prefix)) continue;
+    const m = TEMP_NAME.exec(entry.slice(prefix.length));
+    if (!m) continue;
+    const pid = Number(m[1]);
+    const file = path.join(dir, entry);
+    if (pid !== process.pid && processAlive(pid)) {
+      notice(`temporary file ${file} belongs to running pid ${pid}; left in place`);
+      continue;
+    }
+    try {
+      fs.unlinkSync(file);
+      notice(`removed stale temporary file ${file} (left by pid ${pid})`);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') notice(`cannot remove stale temporary file ${file}: ${(err as Error).message}`);
+    }
   }
 }

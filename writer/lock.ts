@@ -1,0 +1,231 @@
+/**
+ * One writer per target.
+ *
+ * Node has no flock(), so the lock is a file beside the target,
+ * `.NAME.ramsnap-lock`, created with O_EXCL (atomic: of two processes, one
+ * creates it and the other gets EEXIST) and holding one line of JSON: the
+ * owner's pid, its start time (field 22 of /proc/PID/stat, so that a pid
+ * the kernel has since given to another process is not taken for the
+ * owner), the host name, what it is doing and a random token.
+ *
+ * A lock whose owner is gone (same host, and the pid is not running or was
+ * started at another time) is stale: the next writer takes it over and says
+ * so on stderr. It is renamed aside first and checked to be the very lock
+ * that was judged stale, so two processes breaking the same stale lock at
+ * once cannot both win. A lock from another host is never broken.
+ *
+ * Every ramsnap writer of a file takes its lock: the SnapshotWriter and
+ * LegacyWriter (create, convert, sparsify, and anything else built on
+ * TempFile) and patch. Readers never take it (they may not be able to
+ * write in the directory); see journal.ts ReadGuard for how they avoid
+ * torn reads.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { RamsnapIoError, StateCode, ioError } from '../format/errors.js';
+
+export const LOCK_SUFFIX = '.ramsnap-lock';
+/** A patch's redo journal (journal.ts); named here so that every writer can see that one is pending. */
+export const JOURNAL_SUFFIX = '.ramsnap-journal';
+
+/**
+ * `.NAME<suffix>` in the directory of `target`, with the directory's real
+ * path: every process names a target's lock, journal and temporary files
+ * the same way however it reached the directory.
+ */
+export function sidecarPath(target: string, suffix: string): string {
+  const abs = path.resolve(target);
+  let dir = path.dirname(abs);
+  try {
+    dir = fs.realpathSync(dir);
+  } catch {
+    // A missing directory: creating the sidecar fails with a clear ENOENT.
+  }
+  return path.join(dir, `.${path.basename(abs)}${suffix}`);
+}
+
+/** Where notices go (stale locks taken over, temporary files removed): one line each. */
+let noticeHandler: (line: string) => void = (line) => void process.stderr.write(`ramsnap: ${line}\n`);
+
+/** Replaces where notices go (tests, or a library user who wants them elsewhere); returns the previous handler. */
+export function setNoticeHandler(fn: (line: string) => void): (line: string) => void {
+  const prev = noticeHandler;
+  noticeHandler = fn;
+  return prev;
+}
+
+export function notice(line: string): void {
+  noticeHandler(line);
+}
+
+/** The start time of a process in clock ticks since boot (Linux), or undefined when it cannot be known. */
+export function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so count fields after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[19]; // field 22 of the whole line
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether process `pid` (started at `start`, when known) is still running on this host. */
+export function processAlive(pid: number, start?: string): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  if (start === undefined) return true;
+  const now = processStartTime(pid);
+  return now === undefined || now === start;
+}
+
+interface LockOwner {
+  pid: number;
+  start?: string;
+  host: string;
+  op: string;
+  since: string;
+  token: string;
+}
+
+function parseOwner(text: string): LockOwner | undefined {
+  try {
+    const o = JSON.parse(text) as Partial<LockOwner>;
+    if (typeof o.pid !== 'number' || typeof o.token !== 'string' || typeof o.host !== 'string') return undefined;
+    return { pid: o.pid, start: typeof o.start === 'string' ? o.start : undefined, host: o.host, op: String(o.op ?? 'write'), since: String(o.since ?? ''), token: o.token };
+  } catch {
+    return undefined;
+  }
+}
+
+/** An owner writes its line right after creating the file: an unreadable lock older than this was left by a process killed in between. */
+const UNREADABLE_STALE_MS = 10_000;
+
+export class TargetLock {
+  private released = false;
+
+  private constructor(
+    readonly target: string,
+    readonly path: string,
+    private readonly token: string,
+  ) {}
+
+  /**
+   * Takes the lock of `target` for `op` ("patch", "write"), or throws
+   * TARGET_LOCKED naming the owner. A stale lock is taken over (notice).
+   */
+  static acquire(target: string, op: string): TargetLock {
+    const lockPath = sidecarPath(target, LOCK_SUFFIX);
+    const me: LockOwner = {
+      pid: process.pid,
+      start: processStartTime(process.pid),
+      host: os.hostname(),
+      op,
+      since: new Date().toISOString(),
+      token: crypto.randomBytes(8).toString('hex'),
+    };
+    // Two rounds: the second after breaking a stale lock.
+    for (let round = 0; round < 2; round++) {
+      let fd: number;
+      try {
+        fd = fs.openSync(lockPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, lockPath, `create the lock file of ${target},`);
+        const stale = staleOwner(lockPath);
+        if (stale === 'gone') continue; // released meanwhile: try again
+        if (!stale.stale) throw lockedError(target, lockPath, stale.owner);
+        if (breakStale(lockPath, stale.text)) {
+          notice(`took over the lock of ${target} left by ${stale.owner ? `pid ${stale.owner.pid} (${stale.owner.op}), which is no longer running` : 'a process killed while taking it'}`);
+        }
+        continue;
+      }
+      try {
+        fs.writeSync(fd, `${JSON.stringify(me)}\n`);
+      } catch (err) {
+        fs.closeSync(fd);
+        fs.rmSync(lockPath, { force: true });
+        throw ioError(err, lockPath, 'write');
+      }
+      fs.closeSync(fd);
+      return new TargetLock(target, lockPath, me.token);
+    }
+    const again = staleOwner(lockPath);
+    throw lockedError(target, lockPath, again === 'gone' ? undefined : again.owner);
+  }
+
+  /** Removes the lock file if it is still ours. Idempotent. */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    try {
+      const owner = parseOwner(fs.readFileSync(this.path, 'utf8'));
+      if (owner?.token === this.token) fs.unlinkSync(this.path);
+    } catch {
+      // Already gone (or taken over by someone who judged us dead): nothing of ours to remove.
+    }
+  }
+}
+
+function lockedError(target: string, lockPath: string, owner: LockOwner | undefined): RamsnapIoError {
+  const who = owner
+    ? `pid ${owner.pid}${owner.host !== os.hostname() ? ` on host ${owner.host}` : ''} (${owner.op}${owner.since ? ` since ${owner.since}` : ''})`
+    : 'another process';
+  const hint = owner && owner.host !== os.hostname() ? `; if that process is gone, remove ${lockPath}` : '; try again when it is done';
+  return new RamsnapIoError(StateCode.TARGET_LOCKED, `${target} is being written by ${who}${hint}`, target);
+}
+
+/** Reads a lock file and judges it. */
+function staleOwner(lockPath: string): 'gone' | { stale: boolean; owner?: LockOwner; text: string } {
+  let text: string;
+  let st: fs.Stats;
+  try {
+    text = fs.readFileSync(lockPath, 'utf8');
+    st = fs.statSync(lockPath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
+    throw ioError(err, lockPath, 'read the lock file');
+  }
+  const owner = parseOwner(text);
+  if (!owner) return { stale: Date.now() - st.mtimeMs > UNREADABLE_STALE_MS, text };
+  if (owner.host !== os.hostname()) return { stale: false, owner, text };
+  return { stale: !processAlive(owner.pid, owner.start), owner, text };
+}
+
+/**
+ * Removes a stale lock: renames it aside, and deletes it only if it is
+ * the one judged stale; a lock taken by someone else in between goes back.
+ */
+function breakStale(lockPath: string, staleText: string): boolean {
+  const aside = `${lockPath}.stale-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+  try {
+    fs.renameSync(lockPath, aside);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw ioError(err, lockPath, 'take over the stale lock');
+  }
+  let text = '';
+  try {
+    text = fs.readFileSync(aside, 'utf8');
+  } catch {
+    // unreadable: treat as the stale one
+  }
+  if (text === staleText) {
+    fs.rmSync(aside, { force: true });
+    return true;
+  }
+  // Someone took the lock between our read and our rename: give it back.
+  try {
+    fs.linkSync(aside, lockPath);
+  } catch {
+    // Another process holds a new lock already; the one we moved is lost to its owner, who will find it gone on release.
+  }
+  fs.rmSync(aside, { force: true });
+  return false;
+}

@@ -15,6 +15,7 @@ import * as convert from './commands/convert.js';
 import * as patch from './commands/patch.js';
 import * as sparsify from './commands/sparsify.js';
 import * as options from './commands/options.js';
+import * as save from './commands/save.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
 import { errorLine, printable } from './human.js';
@@ -33,6 +34,7 @@ export function buildCli(argv: string[]): Argv {
     .command(patch)
     .command(sparsify)
     .command(options)
+    .command(save)
     .demandCommand(1, 'name a command')
     .strict()
     .help()

@@ -1,11 +1,65 @@
 /** Opening a snapshot for a command, and the JSON shape of a model. */
 import fs from 'node:fs';
-import type { RamsnapFormatError } from '../format/errors.js';
+import { FormatCode, StateCode, type RamsnapError, type RamsnapFormatError } from '../format/errors.js';
 import type { SnapshotModel } from '../reader/model.js';
 import { Snapshot, type OpenOptions } from '../reader/snapshot.js';
+import { ReadGuard, hasPatchMarker, patchInProgress } from '../writer/journal.js';
 
+/** Walks that found the file changed under them are tried this many times before FILE_CHANGED. */
+const OPEN_ATTEMPTS = 3;
+
+/**
+ * Opens a file for a command that only walks it (info, verify): a lenient
+ * open, with the file's patch state checked around the walk (ReadGuard):
+ * a file with a patch journal or the patch marker is PATCH_IN_PROGRESS;
+ * a walk that found the file complete while it changed is done again, and
+ * FILE_CHANGED after OPEN_ATTEMPTS.
+ */
 export async function openLenient(file: string, opts: OpenOptions): Promise<Snapshot> {
-  return Snapshot.open(file, { ...opts, lenient: true });
+  for (let attempt = 1; ; attempt++) {
+    const { snap, guard } = await openGuarded(file, { ...opts, lenient: true });
+    try {
+      if (snap.model.complete) guard.check(snap.model.streamOffset);
+      return snap;
+    } catch (err) {
+      await snap.close();
+      if ((err as RamsnapError).code === StateCode.FILE_CHANGED && attempt < OPEN_ATTEMPTS) continue;
+      throw err;
+    }
+  }
+}
+
+/**
+ * Opens a file for a command that reads guest memory after opening: call
+ * `guard.check(snap.model.streamOffset)` after the last read, before
+ * trusting what was read. Refuses a file being patched (PATCH_IN_PROGRESS).
+ */
+export async function openGuarded(file: string, opts: OpenOptions): Promise<{ snap: Snapshot; guard: ReadGuard }> {
+  const guard = ReadGuard.begin(file);
+  let snap: Snapshot;
+  try {
+    snap = await Snapshot.open(file, opts);
+  } catch (err) {
+    const e = err as RamsnapFormatError;
+    if (e?.code === FormatCode.BAD_MAGIC && hasPatchMarker(file, e.offset)) throw patchMarked(file);
+    throw err;
+  }
+  const e = snap.model.error;
+  if (e?.code === FormatCode.BAD_MAGIC && hasPatchMarker(file, e.offset)) {
+    await snap.close();
+    throw patchMarked(file);
+  }
+  return { snap, guard };
+}
+
+/** The marker is there: the journal too, unless it was lost. */
+function patchMarked(file: string): RamsnapError {
+  try {
+    ReadGuard.begin(file);
+  } catch (err) {
+    return err as RamsnapError; // PATCH_IN_PROGRESS, naming the journal
+  }
+  return patchInProgress(file, undefined);
 }
 
 export function errorJson(e: RamsnapFormatError | undefined): Record<string, unknown> | undefined {

@@ -254,7 +254,7 @@ describe('CLI', () => {
     fs.writeFileSync(blob, pageBytes(PS + 0x200, 7));
     const t = await cli(['patch', file, '--block', 'pc.ram', '--at', '0x2f00', '--data-file', blob]);
     expect(t).toMatchObject({ code: 0, stderr: '' });
-    expect(t.stdout).toMatch(/3 pages touched .* 3 written in 1 writes, 2 bits set, 0 bits cleared/);
+    expect(t.stdout).toMatch(/3 pages touched .* 3 written in 3 writes, 2 bits set, 0 bits cleared/);
     const j = await cli(['patch', file, '--block', 'pc.ram', '--at', '0x3000', '--fill', '0', '--length', '8k', '--json']);
     expect(j.code).toBe(0);
     expect(JSON.parse(j.stdout)).toMatchObject({ block: 'pc.ram', at: 0x3000, length: 8192, firstPage: 3, pages: 2, bitsSet: 0, bitsCleared: 2 });

@@ -1,5 +1,5 @@
 /**
- * Changes guest memory in place in a mapped-ram file.
+ * Changes guest memory in place in a mapped-ram file, all or nothing.
  *
  * A page's bytes count only when its bitmap bit is set: a clear bit is a
  * zero page whatever the slot holds (QEMU leaves stale bytes under clear
@@ -7,27 +7,27 @@
  * guest sees it (zeros for a clear bit), the patch is laid over it, and the
  * whole page is written back, one positional write per run of pages.
  *
- * Order of writes, so that a crash never makes a page present whose bytes
- * are not written yet:
- *   1. page bytes (every touched page that ends non-zero, and zeros over
- *      every touched page that ends zero but was present), then fsync;
- *   2. the bitmap bytes that cover the touched pages, in one write, then fsync.
  * A page that ends all zero gets its bit cleared. If it was present its
  * bytes are overwritten with zeros too, so data wiped with a zero patch does
  * not linger in the file; stale bytes already under a clear bit are left as
  * they are (`ramsnap sparsify` removes those).
  *
- * What this does not give: all-or-nothing for pages that were already
- * present. Their slots are overwritten in place (mapped-ram has no spare
- * slot to write to first), so a crash during step 1 can leave some of them
- * patched and others not; each page is either old or new. Pages that were
- * absent become visible only in step 2.
+ * Present pages have no spare slot, so they are overwritten in place under
+ * a redo journal (journal.ts): pages that were absent are written first,
+ * invisibly; then the journal; then, with the file marked as torn, the
+ * present pages and the bitmap. An interrupted patch leaves the original
+ * file (journal unfinished) or one that the next `ramsnap patch` of it, or
+ * `ramsnap patch --recover`, completes; in between, neither QEMU nor
+ * ramsnap takes it for a complete snapshot. The file's lock (lock.ts) keeps
+ * a second writer out.
  */
 import fs from 'node:fs';
 import { clearBit, setBit, testBit } from '../format/bitmap.js';
-import { FormatCode, RamsnapFormatError, RamsnapUsageError, ioError } from '../format/errors.js';
+import { FormatCode, RamsnapError, RamsnapFormatError, RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
 import type { RamBlock } from '../reader/model.js';
 import { Snapshot } from '../reader/snapshot.js';
+import { JournalWriter, MARKER_LENGTH, hasPatchMarker, newMarker, patchInProgress, recoverJournal, replayJournal, type RecoverOutcome } from './journal.js';
+import { TargetLock, notice } from './lock.js';
 import { FileSink } from './sink.js';
 
 /** What to write: bytes, a file's bytes, or one byte repeated. */
@@ -40,7 +40,7 @@ export interface PatchOptions {
   data: PatchData;
   /** File offset where the stream starts (as Snapshot.open). */
   offset?: number;
-  /** fsync after the page bytes and after the bitmap (default true). */
+  /** fsync between the steps (default true). */
   fsync?: boolean;
 }
 
@@ -54,12 +54,14 @@ export interface PatchResult {
   pages: number;
   /** Pages whose bytes were written (patched pages, and zeros over present pages that became zero). */
   pagesWritten: number;
-  /** Positional writes of page bytes (one per run of pages within a chunk). */
+  /** Positional writes of page bytes: one per run of pages that were absent, that were present, or that were present and are now zero. */
   pageWrites: number;
   /** Pages that were absent and are now present. */
   bitsSet: number;
   /** Pages that were present and are now zero. */
   bitsCleared: number;
+  /** What an interrupted earlier patch of the file left, settled before this one. */
+  recovered?: RecoverOutcome['action'];
 }
 
 /** Pages read, patched and written per step: bounds memory for a patch as large as a block. */
@@ -68,23 +70,74 @@ const CHUNK_PAGES = 256;
 export async function patchSnapshot(file: string, o: PatchOptions): Promise<PatchResult> {
   const data = await openPatchData(o.data);
   try {
-    const snap = await Snapshot.open(file, { offset: o.offset });
+    const lock = TargetLock.acquire(file, 'patch');
     try {
-      const block = patchableBlock(snap, o.block);
-      const length = data.length;
-      if (length > block.usedLength) {
-        throw new RamsnapUsageError('DATA_TOO_LARGE', `the patch is ${length} bytes, larger than block ${block.name} (${block.usedLength} bytes)`, 'data-file');
+      const recovered = await recoverJournal(file, { fsync: o.fsync });
+      if (recovered.action !== 'none') notice(describeRecovery(file, recovered));
+      const snap = await openForPatch(file, o.offset);
+      try {
+        const block = patchableBlock(snap, o.block);
+        const length = data.length;
+        if (length > block.usedLength) {
+          throw new RamsnapUsageError('DATA_TOO_LARGE', `the patch is ${length} bytes, larger than block ${block.name} (${block.usedLength} bytes)`, 'data-file');
+        }
+        if (length === 0) throw new RamsnapUsageError('EMPTY_PATCH', 'the patch is empty (0 bytes)', 'length');
+        if (!Number.isSafeInteger(o.at) || o.at < 0 || o.at + length > block.usedLength) {
+          throw new RamsnapUsageError('OUT_OF_RANGE', `--at ${o.at} with ${length} bytes runs past the end of ${block.name} (${block.usedLength} bytes)`, 'at');
+        }
+        const r = await applyPatch(snap, file, block, o.at, data, o.fsync ?? true);
+        return recovered.action === 'none' ? r : { ...r, recovered: recovered.action };
+      } finally {
+        await snap.close();
       }
-      if (length === 0) throw new RamsnapUsageError('EMPTY_PATCH', 'the patch is empty (0 bytes)', 'length');
-      if (!Number.isSafeInteger(o.at) || o.at < 0 || o.at + length > block.usedLength) {
-        throw new RamsnapUsageError('OUT_OF_RANGE', `--at ${o.at} with ${length} bytes runs past the end of ${block.name} (${block.usedLength} bytes)`, 'at');
-      }
-      return await applyPatch(snap, file, block, o.at, data, o.fsync ?? true);
     } finally {
-      await snap.close();
+      lock.release();
     }
   } finally {
     await data.close();
+  }
+}
+
+/**
+ * `ramsnap patch --recover FILE`: settles what an interrupted patch left,
+ * under the file's lock. A file that carries the patch marker but has no
+ * journal cannot be recovered (PATCH_IN_PROGRESS).
+ */
+export async function recoverPatch(file: string, o: { offset?: number; fsync?: boolean } = {}): Promise<RecoverOutcome> {
+  const lock = TargetLock.acquire(file, 'recover');
+  try {
+    const r = await recoverJournal(file, { fsync: o.fsync });
+    if (r.action === 'none') await (await openForPatch(file, o.offset, true)).close();
+    return r;
+  } finally {
+    lock.release();
+  }
+}
+
+export function describeRecovery(file: string, r: RecoverOutcome): string {
+  switch (r.action) {
+    case 'none':
+      return `${file}: no interrupted patch to recover`;
+    case 'discarded':
+      return `removed the journal of a patch of ${file} that was interrupted before it changed the file (${r.journal})`;
+    case 'rolled-forward':
+      return `completed the interrupted patch of ${file} from its journal (${r.bytes} bytes of pages)`;
+  }
+}
+
+/** Opens the file strictly; the patch marker without a journal is PATCH_IN_PROGRESS, not BAD_MAGIC. */
+async function openForPatch(file: string, offset: number | undefined, lenient = false): Promise<Snapshot> {
+  try {
+    const snap = await Snapshot.open(file, { offset, lenient });
+    const e = snap.model.error;
+    if (e?.code === FormatCode.BAD_MAGIC && hasPatchMarker(file, e.offset)) {
+      await snap.close();
+      throw patchInProgress(file, undefined);
+    }
+    return snap;
+  } catch (err) {
+    if (err instanceof RamsnapFormatError && err.code === FormatCode.BAD_MAGIC && hasPatchMarker(file, err.offset)) throw patchInProgress(file, undefined);
+    throw err;
   }
 }
 
@@ -108,6 +161,18 @@ function patchableBlock(snap: Snapshot, name: string): RamBlock {
   return block;
 }
 
+/** What happens to a touched page. */
+const enum Fate {
+  /** Absent and still zero: nothing. */
+  NONE,
+  /** Absent, now non-zero: written before the journal, invisible until its bit is set. */
+  HIDDEN,
+  /** Present, now different bytes: through the journal. */
+  PAGES,
+  /** Present, now zero: zeros through the journal, bit cleared. */
+  ZEROS,
+}
+
 async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: number, data: OpenPatchData, sync: boolean): Promise<PatchResult> {
   const mr = block.mappedRam as NonNullable<RamBlock['mappedRam']>;
   const ps = block.pageSize;
@@ -129,10 +194,17 @@ async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: num
   }
   const sink = new FileSink(file, fd);
   const result: PatchResult = { file, block: block.name, at, length: data.length, firstPage, pages: endPage - firstPage, pagesWritten: 0, pageWrites: 0, bitsSet: 0, bitsCleared: 0 };
+  let journal: JournalWriter | undefined;
   try {
+    const st = fs.fstatSync(fd);
+    const markerOffset = snap.model.streamOffset;
+    const original = await snap.source.read(markerOffset, MARKER_LENGTH, 'file.magic');
+    journal = await JournalWriter.create(file, { fileSize: st.size, markerOffset, original, marker: newMarker(), mtimeBeforeMs: st.mtimeMs });
+    let hidden = 0;
+    let visible = 0;
     const buf = new Uint8Array(CHUNK_PAGES * ps);
     const zeroPage = Buffer.alloc(ps);
-    const zero = new Uint8Array(CHUNK_PAGES);
+    const fate = new Uint8Array(CHUNK_PAGES);
     for (let c0 = firstPage; c0 < endPage; c0 += CHUNK_PAGES) {
       const n = Math.min(CHUNK_PAGES, endPage - c0);
       const chunk = buf.subarray(0, n * ps);
@@ -141,42 +213,66 @@ async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: num
       const from = Math.max(at, c0 * ps);
       const to = Math.min(end, (c0 + n) * ps);
       await data.read(from - at, chunk.subarray(from - c0 * ps, to - c0 * ps));
-      // Zero-ness of each page, once: the first byte settles most pages, memcmp the rest.
-      for (let i = 0; i < n; i++) zero[i] = chunk[i * ps] === 0 && zeroPage.equals(chunk.subarray(i * ps, (i + 1) * ps)) ? 1 : 0;
-      // Which pages to write: the non-zero ones, and zeros over present pages that became zero.
-      let p = 0;
-      while (p < n) {
-        const write = (i: number): boolean => zero[i] === 0 || testBit(before, c0 + i);
-        while (p < n && !write(p)) p++;
-        const start = p;
-        while (p < n && write(p)) p++;
-        if (p > start) {
-          await sink.write(mr.pagesOffset + (c0 + start) * ps, chunk.subarray(start * ps, p * ps));
-          result.pagesWritten += p - start;
-          result.pageWrites++;
-        }
-      }
       for (let i = 0; i < n; i++) {
         const page = c0 + i;
+        // Zero-ness of each page, once: the first byte settles most pages, memcmp the rest.
+        const zero = chunk[i * ps] === 0 && zeroPage.equals(chunk.subarray(i * ps, (i + 1) * ps));
         const present = testBit(before, page);
-        const nonZero = zero[i] === 0;
-        if (nonZero && !present) {
+        fate[i] = present ? (zero ? Fate.ZEROS : Fate.PAGES) : zero ? Fate.NONE : Fate.HIDDEN;
+        if (fate[i] === Fate.HIDDEN) {
           setBit(bits, bitOf(page));
           result.bitsSet++;
-        } else if (!nonZero && present) {
+        } else if (fate[i] === Fate.ZEROS) {
           clearBit(bits, bitOf(page));
           result.bitsCleared++;
         }
       }
+      // One write (or journal record) per run of pages with the same fate.
+      let p = 0;
+      while (p < n) {
+        const f = fate[p];
+        const start = p;
+        while (p < n && fate[p] === f) p++;
+        if (f === Fate.NONE) continue;
+        const offset = mr.pagesOffset + (c0 + start) * ps;
+        const bytes = chunk.subarray(start * ps, p * ps);
+        if (f === Fate.HIDDEN) {
+          await sink.write(offset, bytes);
+          await journal.hidden(offset, bytes);
+          hidden++;
+        } else if (f === Fate.PAGES) {
+          await journal.pages(offset, bytes);
+          visible++;
+        } else {
+          await journal.zeros(offset, bytes.length);
+          visible++;
+        }
+        result.pagesWritten += p - start;
+        result.pageWrites++;
+      }
     }
-    // The bytes are durable before any bit says they count.
-    if (sync && result.pageWrites > 0) await sink.sync();
-    if (result.bitsSet + result.bitsCleared > 0) {
-      await sink.write(mr.bitmapOffset + bmFrom, bits);
-      if (sync) await sink.sync();
+    if (visible === 0 && result.bitsSet === 0) {
+      // Nothing the guest would see changes (zeros over absent pages): no journal, no marker.
+      await journal.discard();
+      return result;
     }
+    // The bytes under clear bits are durable before the journal that will set their bits.
+    if (sync && hidden > 0) await sink.sync();
+    await journal.bitmap(mr.bitmapOffset + bmFrom, bits, before.subarray(bmFrom, bmTo));
+    await journal.finish(sync);
+  } catch (err) {
+    // The file has not been touched (only slots under clear bits): the patch did not happen.
+    await journal?.discard();
+    throw err;
   } finally {
     await sink.close();
+  }
+  // From here on the patch happens: now, or at the next recovery.
+  try {
+    await replayJournal(file, journal.parsed(), { fsync: sync });
+  } catch (err) {
+    const e = err instanceof RamsnapError ? err : ioError(err, file, 'write');
+    throw new RamsnapIoError(e.code, `${e.message}; the patch is in the journal: finish it with: ramsnap patch --recover ${file}`, file);
   }
   return result;
 }

@@ -9,13 +9,18 @@
  * same device state) holding only the present non-zero pages, fsynced and
  * renamed over the original. A crash leaves the original (or, after the
  * rename, the new file) at the path, plus at most a temporary file named
- * with TEMP_MARK.
+ * with TEMP_MARK. The file's lock is held from the first read to the rename
+ * (a patch in between would be lost), and an interrupted patch of the file
+ * is completed first.
  */
 import fs from 'node:fs';
 import { MAPPED_RAM_ALIGNMENT, CAP_X_IGNORE_SHARED } from '../format/constants.js';
 import { FormatCode, RamsnapFormatError, ioError } from '../format/errors.js';
 import { planLayout, type LayoutPlan, type PlanOptions } from '../format/layout.js';
 import { Snapshot } from '../reader/snapshot.js';
+import { recoverJournal } from './journal.js';
+import { TargetLock, notice } from './lock.js';
+import { describeRecovery } from './patch.js';
 import { SnapshotWriter } from './snapshot-writer.js';
 import { deviceStateOf } from './template.js';
 
@@ -60,6 +65,18 @@ export async function sparsifySnapshot(file: string, o: SparsifyOptions = {}): P
   } catch (err) {
     throw ioError(err, file, 'open');
   }
+  // The lock is held from the read to the rename: a patch in between would be lost with the old file.
+  const lock = TargetLock.acquire(target, 'sparsify');
+  try {
+    const recovered = await recoverJournal(target, { fsync: o.fsync });
+    if (recovered.action !== 'none') notice(describeRecovery(file, recovered));
+    return await rewrite(file, target, before, lock, o);
+  } finally {
+    lock.release();
+  }
+}
+
+async function rewrite(file: string, target: string, before: fs.Stats, lock: TargetLock, o: SparsifyOptions): Promise<SparsifyResult> {
   const snap = await Snapshot.open(target, { offset: o.offset });
   let w: SnapshotWriter | undefined;
   let pagesCleared = 0;
@@ -77,7 +94,7 @@ export async function sparsifySnapshot(file: string, o: SparsifyOptions = {}): P
       });
     }
     const prefix = m.streamOffset > 0 ? await snap.source.read(0, m.streamOffset, 'prefix') : undefined;
-    w = await SnapshotWriter.create(target, { ...opts, device: await deviceStateOf(snap), prefix, force: true, fsync: o.fsync ?? true });
+    w = await SnapshotWriter.create(target, { ...opts, device: await deviceStateOf(snap), prefix, force: true, fsync: o.fsync ?? true, lock });
     o.onTemp?.(w.tempPath);
     // The new file keeps the original's permissions (a snapshot holds guest memory) and, when we may, its owner.
     fs.chmodSync(w.tempPath, before.mode & 0o7777);

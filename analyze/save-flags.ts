@@ -19,7 +19,8 @@ import {
 
 export interface SaveFlagArgs {
   config?: string;
-  capability?: string[];
+  /** One NAME=on|off, a comma-separated list of them, or several (the flag repeated). */
+  capability?: string | string[];
   'multifd-channels'?: string;
   'direct-io'?: boolean;
   'downtime-limit'?: string;
@@ -32,7 +33,7 @@ export interface SaveFlagArgs {
   'on-budget'?: string;
 }
 
-const GROUP = 'Save options (QEMU names and units; see SPEC.md "Save options"):';
+const GROUP = 'Save options (QEMU names and units; SPEC.md §14):';
 
 /**
  * Adds the save-option flags. `config: false` leaves out `--config` (for a
@@ -46,12 +47,12 @@ export function withSaveOptions<T>(y: Argv<T>, opts: { config?: boolean } = {}):
     a = a.option('config', { type: 'string', group: GROUP, describe: 'JSON file with capabilities, parameters and precopy; flags override it' });
   }
   return a
+    // Not `array: true`: an array flag would swallow the positional after it (`--cap multifd=on OUT`).
     .option('capability', {
       alias: 'cap',
       type: 'string',
-      array: true,
       group: GROUP,
-      describe: 'NAME=on|off, repeatable: mapped-ram (default on), multifd, x-ignore-shared (default on); xbzrle, postcopy-ram and compress are refused',
+      describe: 'NAME=on|off (repeat the flag, or separate with commas): mapped-ram (default on), multifd, x-ignore-shared (on, must stay on); xbzrle, postcopy-ram and compress are refused',
     })
     .option('multifd-channels', { type: 'string', group: GROUP, describe: 'parallel writers with multifd, 1..255 (QEMU default 2)' })
     .option('direct-io', { type: 'boolean', group: GROUP, describe: 'O_DIRECT writes (needs mapped-ram and multifd)' })
@@ -73,7 +74,8 @@ export function withSaveOptions<T>(y: Argv<T>, opts: { config?: boolean } = {}):
 export function flagsToInput(args: SaveFlagArgs): { input: Record<string, Record<string, unknown>>; violations: Violation[] } {
   const violations: Violation[] = [];
   const capabilities: Record<string, unknown> = {};
-  for (const item of args.capability ?? []) {
+  const items = ([] as string[]).concat(args.capability ?? []).flatMap((s) => String(s).split(','));
+  for (const item of items) {
     const m = /^([^=]+?)(?:=(.*))?$/.exec(String(item).trim());
     if (!m || m[1] === '') {
       violations.push({ code: OptionCode.OPTION_TYPE, field: 'capabilities', message: `--capability takes NAME=on|off, got ${JSON.stringify(item)}` });

@@ -390,6 +390,14 @@ describe('config file and flags', () => {
     ]);
   });
 
+  it('--cap does not swallow the positional after it', async () => {
+    const { default: yargs } = await import('yargs');
+    const { withSaveOptions } = await import('../analyze/save-flags.js');
+    const argv = withSaveOptions(yargs(['--cap', 'multifd=on', 'OUT'])).parseSync();
+    expect(argv._).toEqual(['OUT']);
+    expect(flagsToInput(argv).input).toEqual({ capabilities: { multifd: 'on' } });
+  });
+
   it('a bare --cap NAME turns it on; a malformed one is a violation', () => {
     expect(flagsToInput({ capability: ['multifd', 'x-ignore-shared=off'] }).input).toEqual({ capabilities: { multifd: true, 'x-ignore-shared': 'off' } });
     expect(flagsToInput({ capability: ['=on'] }).violations).toEqual([v('OPTION_TYPE', 'capabilities', '--capability takes NAME=on|off, got "=on"')]);
@@ -524,6 +532,21 @@ describe('ramsnap options', () => {
     const bad = await ramsnap('options', '--check', p, '--cap', 'mapped-ram=off');
     expect(bad.code).toBe(1);
     expect(bad.stdout).toBe(`OPTION_REQUIRES capabilities.multifd: ${MULTIFD_FILE_MESSAGE}\n`);
+  });
+
+  it('a flag not given leaves the file alone (--direct-io is not false by default); --no-direct-io turns it off', async () => {
+    const p = path.join(tmp, 'dio-cli.json');
+    fs.writeFileSync(p, JSON.stringify({ capabilities: { multifd: true }, parameters: { 'direct-io': true } }));
+    const kept = await ramsnap('options', '--check', p, '--json');
+    expect(JSON.parse(kept.stdout).options.parameters['direct-io']).toBe(true);
+    const off = await ramsnap('options', '--check', p, '--no-direct-io', '--json');
+    expect(JSON.parse(off.stdout).options.parameters['direct-io']).toBe(false);
+  });
+
+  it('--cap repeated or comma-separated', async () => {
+    const r = await ramsnap('options', '--json', '--cap', 'multifd=on,mapped-ram=on', '--capability', 'xbzrle=off');
+    expect(r.code, r.stdout).toBe(0);
+    expect(JSON.parse(r.stdout).options.capabilities.multifd).toBe(true);
   });
 
   it('--check on a file that is not JSON, or not there: OPTION_CONFIG, exit 1', async () => {

@@ -189,7 +189,7 @@ interface IntSpec {
   min: number;
   max: number;
   /** The message for a value outside min..max (QEMU's where QEMU has the rule). */
-  range(value: number, name: string): string;
+  range(value: number): string;
 }
 
 const INT_FIELDS: Record<string, IntSpec> = {
@@ -294,7 +294,7 @@ export function checkSaveOptions(input: unknown, ctx: CheckContext = {}): { opti
         const spec = INT_FIELDS[field];
         const n = parseInteger(value, spec.kind);
         if (n === undefined) add(OptionCode.OPTION_TYPE, field, `${key} must be ${integerShape(spec.kind)}, got ${describe(value)}`);
-        else if (!(n >= spec.min && n <= spec.max)) add(OptionCode.OPTION_RANGE, field, spec.range(n, key));
+        else if (!(n >= spec.min && n <= spec.max)) add(OptionCode.OPTION_RANGE, field, spec.range(n));
         else target[key] = n;
       } else if (field === 'precopy.on-budget') {
         if (value === 'abort' || value === 'force') target[key] = value;

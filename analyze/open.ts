@@ -1,9 +1,9 @@
 /** Opening a snapshot for a command, and the JSON shape of a model. */
 import fs from 'node:fs';
-import { FormatCode, StateCode, type RamsnapError, type RamsnapFormatError } from '../format/errors.js';
+import { StateCode, type RamsnapError, type RamsnapFormatError } from '../format/errors.js';
 import type { SnapshotModel } from '../reader/model.js';
-import { Snapshot, type OpenOptions } from '../reader/snapshot.js';
-import { ReadGuard, hasPatchMarker, patchInProgress } from '../writer/journal.js';
+import type { Snapshot, OpenOptions } from '../reader/snapshot.js';
+import { openUnpatched, type ReadGuard } from '../writer/journal.js';
 
 /** Walks that found the file changed under them are tried this many times before FILE_CHANGED. */
 const OPEN_ATTEMPTS = 3;
@@ -34,33 +34,7 @@ export async function openLenient(file: string, opts: OpenOptions): Promise<Snap
  * `guard.check(snap.model.streamOffset)` after the last read, before
  * trusting what was read. Refuses a file being patched (PATCH_IN_PROGRESS).
  */
-export async function openGuarded(file: string, opts: OpenOptions): Promise<{ snap: Snapshot; guard: ReadGuard }> {
-  const guard = ReadGuard.begin(file);
-  let snap: Snapshot;
-  try {
-    snap = await Snapshot.open(file, opts);
-  } catch (err) {
-    const e = err as RamsnapFormatError;
-    if (e?.code === FormatCode.BAD_MAGIC && hasPatchMarker(file, e.offset)) throw patchMarked(file);
-    throw err;
-  }
-  const e = snap.model.error;
-  if (e?.code === FormatCode.BAD_MAGIC && hasPatchMarker(file, e.offset)) {
-    await snap.close();
-    throw patchMarked(file);
-  }
-  return { snap, guard };
-}
-
-/** The marker is there: the journal too, unless it was lost. */
-function patchMarked(file: string): RamsnapError {
-  try {
-    ReadGuard.begin(file);
-  } catch (err) {
-    return err as RamsnapError; // PATCH_IN_PROGRESS, naming the journal
-  }
-  return patchInProgress(file, undefined);
-}
+export const openGuarded: (file: string, opts: OpenOptions) => Promise<{ snap: Snapshot; guard: ReadGuard }> = openUnpatched;
 
 export function errorJson(e: RamsnapFormatError | undefined): Record<string, unknown> | undefined {
   if (!e) return undefined;

@@ -18,6 +18,7 @@ import type { DeviceState } from '../format/tail.js';
 import type { RamBlock } from '../reader/model.js';
 import { Snapshot } from '../reader/snapshot.js';
 import { LEGACY_RECORD_OVERHEAD } from '../reader/walk.js';
+import { openUnpatched } from './journal.js';
 import { LegacyWriter } from './legacy-writer.js';
 import { SnapshotWriter } from './snapshot-writer.js';
 import { deviceStateOf } from './template.js';
@@ -252,7 +253,8 @@ export async function convertSnapshot(input: string, output: string, o: ConvertO
   if (!o.force && fs.existsSync(output)) {
     throw new RamsnapIoError('OUTPUT_EXISTS', `output ${output} already exists (use --force to replace it)`, output);
   }
-  const snap = await Snapshot.open(input, { offset: o.offset, pageSize: o.pageSize });
+  // A file being patched is refused, and one patched while we copy is not written out (journal.ts ReadGuard).
+  const { snap, guard } = await openUnpatched(input, { offset: o.offset, pageSize: o.pageSize });
   try {
     const m = snap.model;
     const had = checkConvertible(snap, input);
@@ -277,6 +279,7 @@ export async function convertSnapshot(input: string, output: string, o: ConvertO
     let pagesCopied = 0;
     try {
       for (const b of snap.blocks) pagesCopied += await copyBlock(snap, b, sink);
+      guard.check(m.streamOffset);
       await sink.finalize();
     } catch (err) {
       await sink.abort();

@@ -15,7 +15,8 @@
  */
 import fs from 'node:fs';
 import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
-import { Snapshot } from '../reader/snapshot.js';
+import type { Snapshot } from '../reader/snapshot.js';
+import { openUnpatched, type ReadGuard } from './journal.js';
 import { COPY_CHUNK, checkConvertible, copyBlock, mappedRamWriterLike, pump, type Chunk, type PageSink } from './convert.js';
 import { SnapshotWriter } from './snapshot-writer.js';
 
@@ -77,17 +78,19 @@ export async function createSnapshot(output: string, o: CreateOptions): Promise<
   }
   const images: OpenImage[] = [];
   let template: Snapshot | undefined;
+  let guard: ReadGuard | undefined;
   try {
     for (const img of o.images) images.push(openImage(img));
-    if (o.template) template = await Snapshot.open(o.template, { offset: o.templateOffset });
-    return await build(output, o, images, template);
+    // A template being patched is refused, and one patched while we copy is not written out (journal.ts ReadGuard).
+    if (o.template) ({ snap: template, guard } = await openUnpatched(o.template, { offset: o.templateOffset }));
+    return await build(output, o, images, template, guard);
   } finally {
     await template?.close();
     for (const img of images) fs.closeSync(img.fd);
   }
 }
 
-async function build(output: string, o: CreateOptions, images: OpenImage[], template: Snapshot | undefined): Promise<CreateResult> {
+async function build(output: string, o: CreateOptions, images: OpenImage[], template: Snapshot | undefined, guard: ReadGuard | undefined): Promise<CreateResult> {
   const byBlock = new Map(images.map((i) => [i.block, i]));
   const notes: string[] = [];
   let writer: SnapshotWriter;
@@ -132,6 +135,7 @@ async function build(output: string, o: CreateOptions, images: OpenImage[], temp
         result.push({ name: b.name, usedLength: b.usedLength, source: 'template' });
       }
     }
+    if (template) guard?.check(template.model.streamOffset);
     await writer.finalize();
   } catch (err) {
     await writer.abort();

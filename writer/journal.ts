@@ -34,7 +34,8 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { RamsnapIoError, StateCode, ioError } from '../format/errors.js';
+import { FormatCode, RamsnapIoError, StateCode, ioError, type RamsnapError } from '../format/errors.js';
+import { Snapshot, type OpenOptions } from '../reader/snapshot.js';
 import { JOURNAL_SUFFIX, sidecarPath } from './lock.js';
 import { FileSink, syncDirectory } from './sink.js';
 
@@ -549,4 +550,38 @@ export class ReadGuard {
       throw new RamsnapIoError(StateCode.FILE_CHANGED, `${this.file} changed while it was being read (another process wrote it); read it again when that is done`, this.file);
     }
   }
+}
+
+/**
+ * Snapshot.open for a reader that must not take a file being patched for
+ * a complete one: PATCH_IN_PROGRESS for a journal or the marker (not
+ * BAD_MAGIC). Call `guard.check(snap.model.streamOffset)` after the last
+ * read, before trusting (or writing out) what was read.
+ */
+export async function openUnpatched(file: string, opts: OpenOptions = {}): Promise<{ snap: Snapshot; guard: ReadGuard }> {
+  const guard = ReadGuard.begin(file);
+  let snap: Snapshot;
+  try {
+    snap = await Snapshot.open(file, opts);
+  } catch (err) {
+    const e = err as { code?: string; offset?: number };
+    if (e?.code === FormatCode.BAD_MAGIC && typeof e.offset === 'number' && hasPatchMarker(file, e.offset)) throw patchMarked(file);
+    throw err;
+  }
+  const e = snap.model.error;
+  if (e?.code === FormatCode.BAD_MAGIC && hasPatchMarker(file, e.offset)) {
+    await snap.close();
+    throw patchMarked(file);
+  }
+  return { snap, guard };
+}
+
+/** The marker is there: the journal too, unless it was lost. */
+function patchMarked(file: string): RamsnapError {
+  try {
+    ReadGuard.begin(file);
+  } catch (err) {
+    return err as RamsnapError; // PATCH_IN_PROGRESS, naming the journal
+  }
+  return patchInProgress(file, undefined);
 }

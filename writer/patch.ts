@@ -25,8 +25,8 @@ import fs from 'node:fs';
 import { clearBit, setBit, testBit } from '../format/bitmap.js';
 import { FormatCode, RamsnapError, RamsnapFormatError, RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
 import type { RamBlock } from '../reader/model.js';
-import { Snapshot } from '../reader/snapshot.js';
-import { JournalWriter, MARKER_LENGTH, hasPatchMarker, newMarker, patchInProgress, recoverJournal, replayJournal, type RecoverOutcome } from './journal.js';
+import type { Snapshot } from '../reader/snapshot.js';
+import { JournalWriter, MARKER_LENGTH, newMarker, openUnpatched, recoverJournal, replayJournal, type RecoverOutcome } from './journal.js';
 import { TargetLock, notice } from './lock.js';
 import { FileSink } from './sink.js';
 
@@ -125,20 +125,9 @@ export function describeRecovery(file: string, r: RecoverOutcome): string {
   }
 }
 
-/** Opens the file strictly; the patch marker without a journal is PATCH_IN_PROGRESS, not BAD_MAGIC. */
+/** Opens the file strictly (the lock is held and any journal settled); the patch marker without a journal is PATCH_IN_PROGRESS, not BAD_MAGIC. */
 async function openForPatch(file: string, offset: number | undefined, lenient = false): Promise<Snapshot> {
-  try {
-    const snap = await Snapshot.open(file, { offset, lenient });
-    const e = snap.model.error;
-    if (e?.code === FormatCode.BAD_MAGIC && hasPatchMarker(file, e.offset)) {
-      await snap.close();
-      throw patchInProgress(file, undefined);
-    }
-    return snap;
-  } catch (err) {
-    if (err instanceof RamsnapFormatError && err.code === FormatCode.BAD_MAGIC && hasPatchMarker(file, err.offset)) throw patchInProgress(file, undefined);
-    throw err;
-  }
+  return (await openUnpatched(file, { offset, lenient })).snap;
 }
 
 /** The block to patch: only a mapped-ram block has fixed slots to patch in place. */

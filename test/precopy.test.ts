@@ -295,6 +295,18 @@ describe('the file-backed (hashing) source', () => {
     );
   });
 
+  it('a RAM file cut short under the scan threads: a typed I/O error, not a crash', async () => {
+    const file = path.join(work, 'shrinks.ram');
+    fs.writeFileSync(file, Buffer.alloc(32 * PS, 1));
+    const src = SharedFileSource.open([{ name: 'pc.ram', usedLength: 32 * PS, path: file }], PS);
+    try {
+      fs.truncateSync(file, 8 * PS);
+      await expect(src.collect(async () => {})).rejects.toMatchObject({ code: 'IO_SHORT' });
+    } finally {
+      await src.close();
+    }
+  });
+
   it('refuses a RAM file smaller than its block', () => {
     const file = path.join(work, 'small.ram');
     fs.writeFileSync(file, Buffer.alloc(PS));

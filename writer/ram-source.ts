@@ -9,6 +9,8 @@
  * last time.
  */
 import fs from 'node:fs';
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
 import { RamsnapUsageError, ioError } from '../format/errors.js';
 
 export interface SourceBlock {
@@ -92,8 +94,9 @@ export interface SharedBlock extends SourceBlock {
  * per page (0.2% of the guest with 4 KiB pages).
  */
 export class SharedFileSource implements RamSource {
-  private readonly hashes: Uint32Array[];
-  private readonly buffers: Buffer[] = [];
+  /** Per block, two 32-bit words per page, shared with the scan threads. */
+  private readonly hashes: SharedArrayBuffer[];
+  private readonly threads: ScanThread[] = [];
 
   private constructor(
     readonly pageSize: number,
@@ -104,9 +107,10 @@ export class SharedFileSource implements RamSource {
     hashPage(new Uint32Array(pageSize / 4), 0, pageSize / 4, zero);
     // Before the first pass the file we write holds nothing: every page reads as zero there.
     this.hashes = blocks.map((b) => {
-      const h = new Uint32Array((b.usedLength / pageSize) * 2);
+      const sab = new SharedArrayBuffer((b.usedLength / pageSize) * 8);
+      const h = new Uint32Array(sab);
       for (let i = 0; i < h.length; i += 2) h.set(zero, i);
-      return h;
+      return sab;
     });
   }
 
@@ -155,62 +159,161 @@ export class SharedFileSource implements RamSource {
     return -1;
   }
 
+  /**
+   * Scans with `concurrency` threads (at most the cores there are): each
+   * reads a chunk into its own shared buffer, hashes it and updates the
+   * hashes, and answers with the runs of changed pages, which are emitted
+   * from that same buffer before the thread gets its next chunk.
+   */
   async collect(emit: (run: DirtyRun) => Promise<void>, concurrency = 2): Promise<CollectResult> {
     const ps = this.pageSize;
-    const wordsPerPage = ps / 4;
     const chunkPages = Math.max(1, Math.floor(SCAN_CHUNK / ps));
     let pages = 0;
     let scanMs = 0;
-    const jobs: { block: number; first: number; count: number }[] = [];
+    const jobs: ScanJob[] = [];
     this.blocks.forEach((b, block) => {
       const total = b.usedLength / ps;
       for (let first = 0; first < total; first += chunkPages) jobs.push({ block, first, count: Math.min(chunkPages, total - first) });
     });
+    const n = Math.max(1, Math.min(concurrency, os.availableParallelism(), jobs.length));
+    while (this.threads.length < n) {
+      this.threads.push(
+        new ScanThread({ blocks: this.blocks.map((b, i) => ({ path: b.path, offset: b.offset ?? 0, hashes: this.hashes[i] })), pageSize: ps, chunkBytes: chunkPages * ps }),
+      );
+    }
     let next = 0;
-    const worker = async (n: number): Promise<void> => {
-      // Chunk buffers are kept from pass to pass.
-      this.buffers[n] ??= Buffer.allocUnsafeSlow(chunkPages * ps);
-      const buf = this.buffers[n];
-      const words = new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4);
-      const now = new Uint32Array(2);
+    const run = async (t: ScanThread): Promise<void> => {
       while (next < jobs.length) {
         const job = jobs[next++];
-        const b = this.blocks[job.block];
-        const h = this.hashes[job.block];
         const t0 = performance.now();
-        const data = buf.subarray(0, job.count * ps);
-        await readFully(this.fds[job.block], data, (b.offset ?? 0) + job.first * ps, b.path);
-        // Runs of changed pages, emitted after the scan of the chunk: one write per run.
-        const runs: [number, number][] = [];
-        let runStart = -1;
-        for (let p = 0; p < job.count; p++) {
-          hashPage(words, p * wordsPerPage, wordsPerPage, now);
-          const k = (job.first + p) * 2;
-          if (h[k] !== now[0] || h[k + 1] !== now[1]) {
-            h[k] = now[0];
-            h[k + 1] = now[1];
-            if (runStart < 0) runStart = p;
-          } else if (runStart >= 0) {
-            runs.push([runStart, p]);
-            runStart = -1;
-          }
-        }
-        if (runStart >= 0) runs.push([runStart, job.count]);
+        const runs = await t.scan(job);
         scanMs += performance.now() - t0;
-        for (const [s, e] of runs) {
+        const name = this.blocks[job.block].name;
+        for (let i = 0; i < runs.length; i += 2) {
+          const [s, e] = [runs[i], runs[i + 1]];
           pages += e - s;
-          await emit({ block: b.name, first: job.first + s, data: data.subarray(s * ps, e * ps) });
+          await emit({ block: name, first: job.first + s, data: t.data.subarray(s * ps, e * ps) });
         }
       }
     };
-    const workers = Math.max(1, Math.min(concurrency, jobs.length));
-    await Promise.all(Array.from({ length: workers }, (_, n) => worker(n)));
-    // The workers scan side by side: the pass spent about their sum over their number finding pages.
-    return { pages, scanMs: scanMs / workers };
+    await Promise.all(this.threads.slice(0, n).map(run));
+    // The threads scan side by side: the pass spent about their sum over their number finding pages.
+    return { pages, scanMs: scanMs / n };
   }
 
   async close(): Promise<void> {
+    await Promise.all(this.threads.splice(0).map((t) => t.stop()));
     for (const fd of this.fds.splice(0)) fs.closeSync(fd);
+  }
+}
+
+interface ScanJob {
+  block: number;
+  first: number;
+  count: number;
+}
+
+interface ScanSetup {
+  blocks: { path: string; offset: number; hashes: SharedArrayBuffer }[];
+  pageSize: number;
+  chunkBytes: number;
+  buffer?: SharedArrayBuffer;
+}
+
+/**
+ * The body of a scan thread. It runs from its source text (eval), with
+ * hashPage's source put before it, so the thread needs no file of its own
+ * (the same code serves the built package and the tests run from source).
+ */
+function scanThreadMain(): void {
+  const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
+  const fsync = require('node:fs') as typeof import('node:fs');
+  const setup = workerData as Required<ScanSetup>;
+  const fds = setup.blocks.map((b) => fsync.openSync(b.path, 'r'));
+  const hashes = setup.blocks.map((b) => new Uint32Array(b.hashes));
+  const buf = new Uint8Array(setup.buffer);
+  const words = new Uint32Array(setup.buffer);
+  const wordsPerPage = setup.pageSize / 4;
+  const now = new Uint32Array(2);
+  parentPort?.on('message', (job: ScanJob | null) => {
+    if (job === null) {
+      for (const fd of fds) fsync.closeSync(fd);
+      parentPort.close();
+      return;
+    }
+    try {
+      const length = job.count * setup.pageSize;
+      const position = setup.blocks[job.block].offset + job.first * setup.pageSize;
+      for (let done = 0; done < length; ) {
+        const got = fsync.readSync(fds[job.block], buf, done, length - done, position + done);
+        if (got === 0) throw Object.assign(new Error(`ended at ${position + done}`), { code: 'SHORT' });
+        done += got;
+      }
+      const h = hashes[job.block];
+      const runs: number[] = [];
+      let runStart = -1;
+      for (let p = 0; p < job.count; p++) {
+        hashPage(words, p * wordsPerPage, wordsPerPage, now);
+        const k = (job.first + p) * 2;
+        if (h[k] !== now[0] || h[k + 1] !== now[1]) {
+          h[k] = now[0];
+          h[k + 1] = now[1];
+          if (runStart < 0) runStart = p;
+        } else if (runStart >= 0) {
+          runs.push(runStart, p);
+          runStart = -1;
+        }
+      }
+      if (runStart >= 0) runs.push(runStart, job.count);
+      parentPort.postMessage({ runs });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      parentPort.postMessage({ error: { code: e.code ?? 'EIO', message: e.message } });
+    }
+  });
+}
+
+const SCAN_THREAD_SOURCE = `${hashPage.toString()}\n(${scanThreadMain.toString()})();\n`;
+
+/** One scan thread, one chunk at a time, its buffer shared with us. */
+class ScanThread {
+  readonly data: Buffer;
+  private readonly worker: Worker;
+  private waiting: { resolve: (runs: number[]) => void; reject: (e: Error) => void } | undefined;
+  private readonly paths: string[];
+
+  constructor(setup: ScanSetup) {
+    const buffer = new SharedArrayBuffer(setup.chunkBytes);
+    this.data = Buffer.from(buffer);
+    this.paths = setup.blocks.map((b) => b.path);
+    this.worker = new Worker(SCAN_THREAD_SOURCE, { eval: true, workerData: { ...setup, buffer } });
+    this.worker.on('message', (m: { runs?: number[]; error?: { code: string; message: string } }) => {
+      const w = this.waiting;
+      this.waiting = undefined;
+      this.worker.unref();
+      if (!w) return;
+      if (m.error) w.reject(ioError(Object.assign(new Error(m.error.message), { code: m.error.code }), this.paths.join(', '), 'read guest RAM from'));
+      else w.resolve(m.runs ?? []);
+    });
+    this.worker.on('error', (err) => {
+      this.waiting?.reject(ioError(err, this.paths.join(', '), 'scan'));
+      this.waiting = undefined;
+    });
+    this.worker.unref();
+  }
+
+  scan(job: ScanJob): Promise<number[]> {
+    return new Promise((resolve, reject) => {
+      this.waiting = { resolve, reject };
+      // Held only while a chunk is out: an idle thread never keeps the process alive.
+      this.worker.ref();
+      this.worker.postMessage(job);
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.worker.postMessage(null);
+    await this.worker.terminate();
   }
 }
 

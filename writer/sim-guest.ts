@@ -58,6 +58,8 @@ export interface SimGuestOptions {
   seed?: number;
   clock?: Clock;
   blockName?: string;
+  /** Fill emitted pages with their content (default true); a benchmark that only counts bytes can skip it. */
+  content?: boolean;
 }
 
 /** Bytes emitted per run at most. */
@@ -223,7 +225,7 @@ export class SimulatedGuest implements RamSource {
         // The guest runs on while we copy: bytes are taken as the page is now.
         this.advance();
         const data = this.buffers[n].subarray(0, (e - s) * this.pageSize);
-        this.fillPages(s, data);
+        if (this.opts.content ?? true) this.fillPages(s, data);
         pages += e - s;
         await emit({ block: name, first: s, data });
       }

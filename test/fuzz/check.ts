@@ -128,14 +128,16 @@ class Run {
   }
 }
 
-interface CliOutcome {
+export interface CliOutcome {
   exit: number;
   stdout: string;
   stderr: string;
+  /** What the command threw, if it did (report() turned it into the exit status and stderr line). */
+  thrown?: unknown;
 }
 
-/** Runs the CLI in this thread as bin.js would, with stdout and stderr captured. */
-async function cliInProcess(run: Run, argv: string[]): Promise<CliOutcome> {
+/** Runs the CLI in this thread as bin.js would (buildCli, then report() on a throw), with stdout and stderr captured. */
+export async function cliInProcess(argv: string[]): Promise<CliOutcome> {
   const out: string[] = [];
   const err: string[] = [];
   const capture = (into: string[]) =>
@@ -150,12 +152,15 @@ async function cliInProcess(run: Run, argv: string[]): Promise<CliOutcome> {
   process.stdout.write = capture(out);
   process.stderr.write = capture(err);
   let exit: number;
+  let thrown: unknown;
+  let threw = false;
   process.exitCode = 0;
   try {
     await buildCli(argv).parseAsync();
     exit = Number(process.exitCode ?? 0);
   } catch (e) {
-    run.thrown(`cli ${argv[0]}`, e);
+    threw = true;
+    thrown = e;
     exit = report(e);
   } finally {
     process.stdout.write = origOut;
@@ -163,7 +168,7 @@ async function cliInProcess(run: Run, argv: string[]): Promise<CliOutcome> {
     process.exitCode = 0;
     sampleHeap();
   }
-  return { exit, stdout: out.join(''), stderr: err.join('') };
+  return { exit, stdout: out.join(''), stderr: err.join(''), ...(threw ? { thrown } : {}) };
 }
 
 function checkStreams(run: Run, step: string, r: CliOutcome, json: boolean): void {
@@ -282,7 +287,8 @@ export async function runInput(ctx: CheckContext, recipe: Recipe, opts: RunOptio
   // 2. The CLI, in this thread.
   const cli = async (argv: string[], json: boolean): Promise<CliOutcome> => {
     const t = performance.now();
-    const r = await cliInProcess(run, argv);
+    const r = await cliInProcess(argv);
+    if ('thrown' in r) run.thrown(`cli ${argv[0]}`, r.thrown);
     run.time(`cli ${argv[0]}`, t);
     checkStreams(run, argv.filter((a) => a !== file).join(' '), r, json);
     if (r.exit !== 0) {

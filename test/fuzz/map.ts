@@ -6,7 +6,7 @@
  * mutator aims at these: a cut at a boundary, an offset field set past the
  * end of the file, a block name set to "../..".
  */
-import { MAPPED_RAM_HDR_SIZE, Section } from '../../format/constants.js';
+import { MAPPED_RAM_HDR_SIZE, RamFlag, Section } from '../../format/constants.js';
 import { RamsnapError } from '../../format/errors.js';
 import { LIBVIRT_HEADER_SIZE } from '../../format/libvirt.js';
 import { Snapshot } from '../../reader/snapshot.js';
@@ -251,7 +251,22 @@ export async function buildFixtureMap(name: string, image: SparseImage, offset?:
     blocks.push(mark);
   }
 
-  // Legacy page records: the header before each run's first page (with the block name when not CONTINUE).
+  // Legacy page records name their block whenever it changes (PAGE and ZERO records without CONTINUE):
+  // find every copy, so that a rename can be consistent. Legacy fixtures are small enough to search whole.
+  if (!m.mappedRam && m.blocks.length && m.fileSize <= 64 << 20) {
+    const all = Buffer.from(image.read(0, m.fileSize));
+    const mask = BigInt(m.pageSize - 1);
+    for (const blk of m.blocks) {
+      const needle = Buffer.from([blk.name.length, ...Buffer.from(blk.name, 'latin1')]);
+      for (let q = all.indexOf(needle, blk.entryOffset + 1); q >= 0; q = all.indexOf(needle, q + 1)) {
+        if (q < 8) continue;
+        const flags = Number(all.readBigUInt64BE(q - 8) & mask);
+        if ((flags & RamFlag.CONTINUE) === 0 && (flags & (RamFlag.PAGE | RamFlag.ZERO)) !== 0) addName('block', blk.name, q);
+      }
+    }
+  }
+
+  // Legacy page records: the header before each run's first page.
   let records = 0;
   for (const blk of m.blocks) {
     if (!blk.legacy) continue;
@@ -261,7 +276,6 @@ export async function buildFixtureMap(name: string, image: SparseImage, offset?:
       if (r.dataOffset < 0) continue;
       const named = r.dataOffset - 1 - nb >= 9 && u8(r.dataOffset - 1 - nb) === nb && latin1(r.dataOffset - nb, nb) === blk.name;
       const head = named ? r.dataOffset - 9 - nb : r.dataOffset - 8;
-      if (named) addName('block', blk.name, r.dataOffset - 1 - nb);
       fields.push({ at: head, width: 8, label: `ram.record[${blk.name}:${r.first}]`, kind: 'flags' });
       regions.push({ start: head, end: r.dataOffset + blk.pageSize, label: `ram.record[${blk.name}:${r.first}]`, kind: 'record' });
       p(head, r.dataOffset, r.dataOffset + blk.pageSize);

@@ -169,14 +169,22 @@ function writeAll(fd: number, data: Uint8Array, position: number, path: string):
 }
 
 /**
+ * Longest stem of an output file name. A block name can be 255 bytes, and
+ * with ".raw" (and a "-N" to keep names distinct) it would pass NAME_MAX
+ * (255 bytes on Linux), so extract could not create it.
+ */
+const MAX_FILE_STEM = 200;
+
+/**
  * A file name for a block that is always one safe path component: every
  * byte outside [A-Za-z0-9._+@-] becomes '_', leading dots and underscores
- * go, and ".raw" is appended. "/rom@etc/acpi/tables" becomes
- * "rom@etc_acpi_tables.raw"; "../../x" becomes "x.raw".
+ * go, the rest is cut to MAX_FILE_STEM bytes, and ".raw" is appended.
+ * "/rom@etc/acpi/tables" becomes "rom@etc_acpi_tables.raw"; "../../x"
+ * becomes "x.raw".
  */
 export function blockFileName(name: string): string {
   let s = name.replace(/[^A-Za-z0-9._+@-]/g, '_').replace(/^[._]+/, '');
-  s = s.replace(/_+/g, '_');
+  s = s.replace(/_+/g, '_').slice(0, MAX_FILE_STEM);
   if (!s) s = 'block';
   return `${s}.raw`;
 }

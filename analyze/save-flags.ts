@@ -52,10 +52,10 @@ export function withSaveOptions<T>(y: Argv<T>, opts: { config?: boolean } = {}):
       alias: 'cap',
       type: 'string',
       group: GROUP,
-      describe: 'NAME=on|off (repeat the flag, or separate with commas): mapped-ram (default on), multifd, x-ignore-shared (on, must stay on); xbzrle, postcopy-ram and compress are refused',
+      describe: 'NAME=on|off (repeat the flag, or separate with commas): multifd (default off); mapped-ram and x-ignore-shared (on, must stay on); xbzrle, postcopy-ram and compress are refused',
     })
     .option('multifd-channels', { type: 'string', group: GROUP, describe: 'parallel writers with multifd, 1..255 (QEMU default 2)' })
-    .option('direct-io', { type: 'boolean', group: GROUP, describe: 'O_DIRECT writes (needs mapped-ram and multifd)' })
+    .option('direct-io', { type: 'boolean', group: GROUP, describe: "QEMU's O_DIRECT writes: refused, as Node cannot align its buffers as O_DIRECT requires (--no-direct-io turns a config file's off)" })
     .option('downtime-limit', { type: 'string', group: GROUP, describe: 'tolerated downtime in ms, 0..2000000 (QEMU default 300)' })
     .option('max-bandwidth', { type: 'string', group: GROUP, describe: 'bytes per second, e.g. 1G/s; 0 = no limit (QEMU default 128M/s)' })
     .option('x-checkpoint-delay', { type: 'string', group: GROUP, describe: 'COLO checkpoint period in ms, passed to QEMU (QEMU default 20000)' })

@@ -25,7 +25,6 @@ import {
   qemuCapabilities,
   qemuParameters,
   qemuTailSettings,
-  usesDirectIo,
   type Violation,
 } from '../writer/save-options.js';
 
@@ -51,8 +50,12 @@ const COMPRESS_MESSAGE =
   'and a mapped-ram file is never compressed';
 const X_IGNORE_SHARED_MESSAGE = "ramsnap save copies the guest's shared RAM itself; QEMU's part of the save must leave it out, so x-ignore-shared must stay on";
 const MULTIFD_FILE_MESSAGE = 'multifd needs mapped-ram when saving to a file (QEMU says at migrate: "Migration requires multi-channel URIs (e.g. tcp)")';
+const MAPPED_RAM_MESSAGE = 'ramsnap save writes mapped-ram files only (ramsnap convert --to legacy makes a sequential stream of one)';
+const DIRECT_IO_MESSAGE = 'ramsnap save cannot write with O_DIRECT: Node cannot align its buffers as O_DIRECT requires';
 
 const v = (code: string, field: string, message: string): Violation => ({ code: code as Violation['code'], field, message });
+/** ramsnap's own refusal of mapped-ram off, which comes with every input that turns it off to isolate a QEMU rule. */
+const MAPPED_RAM_OFF = v('OPTION_UNSUPPORTED', 'capabilities.mapped-ram', MAPPED_RAM_MESSAGE);
 
 describe('defaults', () => {
   it('are QEMU 10.0.2\'s (query-migrate-parameters on a fresh QEMU) where QEMU has one', () => {
@@ -107,19 +110,19 @@ describe('each rule, with its exact message', () => {
     {
       rule: 'postcopy-ram + x-ignore-shared',
       input: { capabilities: { 'postcopy-ram': true, 'mapped-ram': false } },
-      violations: [v('OPTION_CONFLICT', 'capabilities.postcopy-ram', 'Postcopy is not compatible with ignore-shared')],
+      violations: [v('OPTION_CONFLICT', 'capabilities.postcopy-ram', 'Postcopy is not compatible with ignore-shared'), MAPPED_RAM_OFF],
     },
     { rule: 'compress', input: { capabilities: { compress: true } }, violations: [v('OPTION_REMOVED', 'capabilities.compress', COMPRESS_MESSAGE)] },
     {
       rule: 'compress without mapped-ram (still removed)',
       input: { capabilities: { compress: 'on', 'mapped-ram': 'off' } },
-      violations: [v('OPTION_REMOVED', 'capabilities.compress', COMPRESS_MESSAGE)],
+      violations: [v('OPTION_REMOVED', 'capabilities.compress', COMPRESS_MESSAGE), MAPPED_RAM_OFF],
     },
     // Where QEMU would allow them, ramsnap's save still does not implement them.
     {
       rule: 'xbzrle alone',
       input: { capabilities: { xbzrle: true, 'mapped-ram': false } },
-      violations: [v('OPTION_UNSUPPORTED', 'capabilities.xbzrle', 'ramsnap save writes whole pages, never XBZRLE deltas (and ramsnap cannot read them back)')],
+      violations: [v('OPTION_UNSUPPORTED', 'capabilities.xbzrle', 'ramsnap save writes whole pages, never XBZRLE deltas (and ramsnap cannot read them back)'), MAPPED_RAM_OFF],
     },
     {
       rule: 'postcopy-ram alone (only possible with x-ignore-shared off, itself refused)',
@@ -127,11 +130,22 @@ describe('each rule, with its exact message', () => {
       violations: [
         v('OPTION_UNSUPPORTED', 'capabilities.postcopy-ram', 'ramsnap save is precopy only: postcopy needs a destination QEMU pulling pages'),
         v('OPTION_UNSUPPORTED', 'capabilities.x-ignore-shared', X_IGNORE_SHARED_MESSAGE),
+        MAPPED_RAM_OFF,
       ],
     },
     { rule: 'x-ignore-shared off', input: { capabilities: { 'x-ignore-shared': 'off' } }, violations: [v('OPTION_UNSUPPORTED', 'capabilities.x-ignore-shared', X_IGNORE_SHARED_MESSAGE)] },
-    // Requirements.
-    { rule: 'multifd needs mapped-ram', input: { capabilities: { multifd: true, 'mapped-ram': false } }, violations: [v('OPTION_REQUIRES', 'capabilities.multifd', MULTIFD_FILE_MESSAGE)] },
+    { rule: 'mapped-ram off', input: { capabilities: { 'mapped-ram': 'off' } }, violations: [MAPPED_RAM_OFF] },
+    {
+      rule: 'direct-io with mapped-ram and multifd (where QEMU would use O_DIRECT)',
+      input: { capabilities: { multifd: true }, parameters: { 'direct-io': true } },
+      violations: [v('OPTION_UNSUPPORTED', 'parameters.direct-io', DIRECT_IO_MESSAGE)],
+    },
+    // Requirements (mapped-ram off is refused on its own too).
+    {
+      rule: 'multifd needs mapped-ram',
+      input: { capabilities: { multifd: true, 'mapped-ram': false } },
+      violations: [MAPPED_RAM_OFF, v('OPTION_REQUIRES', 'capabilities.multifd', MULTIFD_FILE_MESSAGE)],
+    },
     {
       rule: 'direct-io needs multifd',
       input: { parameters: { 'direct-io': true } },
@@ -141,6 +155,7 @@ describe('each rule, with its exact message', () => {
       rule: 'direct-io needs mapped-ram and multifd',
       input: { capabilities: { 'mapped-ram': false }, parameters: { 'direct-io': true } },
       violations: [
+        MAPPED_RAM_OFF,
         v('OPTION_REQUIRES', 'parameters.direct-io', 'direct-io needs mapped-ram and multifd (mapped-ram and multifd off); QEMU would accept it and silently write without O_DIRECT'),
       ],
     },
@@ -148,6 +163,7 @@ describe('each rule, with its exact message', () => {
       rule: 'direct-io needs mapped-ram (with multifd on, multifd needs it too)',
       input: { capabilities: { 'mapped-ram': false, multifd: true }, parameters: { 'direct-io': true } },
       violations: [
+        MAPPED_RAM_OFF,
         v('OPTION_REQUIRES', 'capabilities.multifd', MULTIFD_FILE_MESSAGE),
         v('OPTION_REQUIRES', 'parameters.direct-io', 'direct-io needs mapped-ram and multifd (mapped-ram off); QEMU would accept it and silently write without O_DIRECT'),
       ],
@@ -259,17 +275,20 @@ describe('accepted values', () => {
   it('numbers and booleans spelt as flags spell them', () => {
     const r = checkSaveOptions({
       capabilities: { multifd: 'on', 'x-ignore-shared': 'On', 'mapped-ram': 'TRUE' },
-      parameters: { 'multifd-channels': '0x8', 'direct-io': 'true', 'downtime-limit': '500', 'max-bandwidth': '1G/s', 'x-checkpoint-delay': '100' },
+      parameters: { 'multifd-channels': '0x8', 'direct-io': 'False', 'downtime-limit': '500', 'max-bandwidth': '1G/s', 'x-checkpoint-delay': '100' },
       precopy: { threshold: '64MiB', 'max-iterations': '10', 'time-budget': '60000', 'on-budget': 'force', policy: 'downtime' },
     });
     expect(r.violations).toEqual([]);
     expect(r.options).toEqual({
       capabilities: { 'mapped-ram': true, multifd: true, 'x-ignore-shared': true, xbzrle: false, 'postcopy-ram': false, compress: false },
-      parameters: { 'multifd-channels': 8, 'direct-io': true, 'downtime-limit': 500, 'max-bandwidth': 1 << 30, 'x-checkpoint-delay': 100 },
+      parameters: { 'multifd-channels': 8, 'direct-io': false, 'downtime-limit': 500, 'max-bandwidth': 1 << 30, 'x-checkpoint-delay': 100 },
       precopy: { policy: 'downtime', threshold: 64 << 20, 'max-iterations': 10, 'time-budget': 60000, 'on-budget': 'force' },
     });
     expect(parallelWriters(r.options!)).toBe(8);
-    expect(usesDirectIo(r.options!)).toBe(true);
+    // 'true' spelt as a string is read too: direct-io then reaches its rule, not the type check.
+    expect(checkSaveOptions({ capabilities: { multifd: 'on' }, parameters: { 'direct-io': 'true' } }).violations).toEqual([
+      v('OPTION_UNSUPPORTED', 'parameters.direct-io', DIRECT_IO_MESSAGE),
+    ]);
   });
 
   it('the conflicting capabilities may be named, off', () => {
@@ -324,7 +343,7 @@ describe('every violation at once', () => {
 
 describe('what QEMU is told', () => {
   it('the whole-save view uses QEMU names and never names compress (QEMU 10 refuses the name)', () => {
-    const o = checkSaveOptions({ capabilities: { multifd: true }, parameters: { 'direct-io': true, 'multifd-channels': 4 } }).options!;
+    const o = checkSaveOptions({ capabilities: { multifd: true }, parameters: { 'multifd-channels': 4 } }).options!;
     expect(qemuCapabilities(o)).toEqual([
       { capability: 'mapped-ram', state: true },
       { capability: 'multifd', state: true },
@@ -332,11 +351,11 @@ describe('what QEMU is told', () => {
       { capability: 'xbzrle', state: false },
       { capability: 'postcopy-ram', state: false },
     ]);
-    expect(qemuParameters(o)).toEqual({ 'multifd-channels': 4, 'direct-io': true, 'downtime-limit': 300, 'max-bandwidth': 134217728, 'x-checkpoint-delay': 20000 });
+    expect(qemuParameters(o)).toEqual({ 'multifd-channels': 4, 'direct-io': false, 'downtime-limit': 300, 'max-bandwidth': 134217728, 'x-checkpoint-delay': 20000 });
   });
 
   it('the tail drops mapped-ram, multifd and direct-io, keeps x-ignore-shared and the rate and downtime', () => {
-    const o = checkSaveOptions({ capabilities: { multifd: true }, parameters: { 'direct-io': true, 'max-bandwidth': '1G', 'downtime-limit': 50 } }).options!;
+    const o = checkSaveOptions({ capabilities: { multifd: true }, parameters: { 'multifd-channels': 4, 'max-bandwidth': '1G', 'downtime-limit': 50 } }).options!;
     expect(qemuTailSettings(o)).toEqual({
       capabilities: [
         { capability: 'mapped-ram', state: false },
@@ -362,14 +381,14 @@ describe('config file and flags', () => {
     fs.writeFileSync(path.join(tmp, 'cfg', 'pol.js'), 'export default () => ({});\n');
     const config = write('cfg/save.json', {
       capabilities: { multifd: true },
-      parameters: { 'multifd-channels': 4, 'direct-io': true, 'downtime-limit': 100 },
+      parameters: { 'multifd-channels': 4, 'downtime-limit': 100, 'x-checkpoint-delay': 5000 },
       precopy: { policy: './pol.js', 'on-budget': 'force' },
     });
     const r = resolveSaveOptions({ config, 'multifd-channels': '8', 'max-bandwidth': '2G/s', 'on-budget': 'abort', capability: ['mapped-ram=on'] });
     expect(r.violations).toEqual([]);
     expect(r.options).toEqual({
       capabilities: { 'mapped-ram': true, multifd: true, 'x-ignore-shared': true, xbzrle: false, 'postcopy-ram': false, compress: false },
-      parameters: { 'multifd-channels': 8, 'direct-io': true, 'downtime-limit': 100, 'max-bandwidth': 2 * 1024 ** 3, 'x-checkpoint-delay': 20000 },
+      parameters: { 'multifd-channels': 8, 'direct-io': false, 'downtime-limit': 100, 'max-bandwidth': 2 * 1024 ** 3, 'x-checkpoint-delay': 5000 },
       // A policy path in a config file is relative to the file, not to the current directory.
       precopy: { policy: path.join(tmp, 'cfg', 'pol.js'), threshold: 100 << 20, 'max-iterations': 30, 'time-budget': 0, 'on-budget': 'abort' },
     });
@@ -377,6 +396,7 @@ describe('config file and flags', () => {
 
   it('--no-direct-io and --cap multifd=off override the file', () => {
     const config = write('dio.json', { capabilities: { multifd: true }, parameters: { 'direct-io': true } });
+    expect(resolveSaveOptions({ config }).violations).toEqual([v('OPTION_UNSUPPORTED', 'parameters.direct-io', DIRECT_IO_MESSAGE)]);
     const r = resolveSaveOptions({ config, 'direct-io': false, capability: ['multifd=off'] });
     expect(r.options?.parameters['direct-io']).toBe(false);
     expect(r.options?.capabilities.multifd).toBe(false);
@@ -384,7 +404,10 @@ describe('config file and flags', () => {
 
   it('the merged result is checked once: a conflict between the file and a flag is found', () => {
     const config = write('xb.json', { capabilities: { 'mapped-ram': false, xbzrle: true } });
-    expect(resolveSaveOptions({ config }).violations.map((x) => x.code)).toEqual(['OPTION_UNSUPPORTED']);
+    expect(resolveSaveOptions({ config }).violations.map((x) => `${x.code} ${x.field}`)).toEqual([
+      'OPTION_UNSUPPORTED capabilities.xbzrle',
+      'OPTION_UNSUPPORTED capabilities.mapped-ram',
+    ]);
     expect(resolveSaveOptions({ config, capability: ['mapped-ram=on'] }).violations).toEqual([
       v('OPTION_CONFLICT', 'capabilities.xbzrle', 'Mapped-ram migration is incompatible with xbzrle'),
     ]);
@@ -526,20 +549,28 @@ describe('ramsnap options', () => {
   it('--check with flags: the flags are checked over the file', async () => {
     const p = path.join(tmp, 'ok.json');
     fs.writeFileSync(p, JSON.stringify({ capabilities: { multifd: true } }));
-    const ok = await ramsnap('options', '--check', p, '--direct-io', '--json');
+    const ok = await ramsnap('options', '--check', p, '--multifd-channels', '8', '--json');
     expect(ok.code, ok.stdout).toBe(0);
-    expect(JSON.parse(ok.stdout).options.parameters['direct-io']).toBe(true);
+    expect(JSON.parse(ok.stdout).options.capabilities.multifd).toBe(true);
+    expect(JSON.parse(ok.stdout).options.parameters['multifd-channels']).toBe(8);
     const bad = await ramsnap('options', '--check', p, '--cap', 'mapped-ram=off');
     expect(bad.code).toBe(1);
-    expect(bad.stdout).toBe(`OPTION_REQUIRES capabilities.multifd: ${MULTIFD_FILE_MESSAGE}\n`);
+    expect(bad.stdout).toBe(`OPTION_UNSUPPORTED capabilities.mapped-ram: ${MAPPED_RAM_MESSAGE}\nOPTION_REQUIRES capabilities.multifd: ${MULTIFD_FILE_MESSAGE}\n`);
+    // With the file's multifd, --direct-io is where QEMU would use O_DIRECT: refused as save refuses it.
+    const dio = await ramsnap('options', '--check', p, '--direct-io');
+    expect(dio.code).toBe(1);
+    expect(dio.stdout).toBe(`OPTION_UNSUPPORTED parameters.direct-io: ${DIRECT_IO_MESSAGE}\n`);
   });
 
   it('a flag not given leaves the file alone (--direct-io is not false by default); --no-direct-io turns it off', async () => {
     const p = path.join(tmp, 'dio-cli.json');
     fs.writeFileSync(p, JSON.stringify({ capabilities: { multifd: true }, parameters: { 'direct-io': true } }));
+    // Kept: the file's direct-io is checked (and refused, as save refuses it).
     const kept = await ramsnap('options', '--check', p, '--json');
-    expect(JSON.parse(kept.stdout).options.parameters['direct-io']).toBe(true);
+    expect(kept.code).toBe(1);
+    expect(JSON.parse(kept.stdout).violations).toEqual([v('OPTION_UNSUPPORTED', 'parameters.direct-io', DIRECT_IO_MESSAGE)]);
     const off = await ramsnap('options', '--check', p, '--no-direct-io', '--json');
+    expect(off.code, off.stdout).toBe(0);
     expect(JSON.parse(off.stdout).options.parameters['direct-io']).toBe(false);
   });
 
@@ -620,8 +651,10 @@ describe.skipIf(!qemuAvailable())('QEMU 10 agrees', () => {
   ];
   for (const c of capCases) {
     it(`capabilities ${JSON.stringify(c.caps)}: "${c.message}"`, async () => {
+      // QEMU starts with mapped-ram off, so ours does too (where it stays off, ramsnap's own refusal of that comes along).
       const ours = checkSaveOptions({ capabilities: { 'mapped-ram': false, ...c.caps } }).violations;
-      if (c.caps.compress === false) expect(ours).toEqual([]);
+      // compress off is accepted by us (the name is never sent), refused by QEMU by name.
+      if (c.caps.compress === false) expect(ours).toEqual([MAPPED_RAM_OFF]);
       else expect(ours.some((x) => x.message.includes(c.message)), JSON.stringify(ours)).toBe(true);
       expect(await refusal('migrate-set-capabilities', capsOf(c.caps))).toBe(c.message);
     });
@@ -654,7 +687,7 @@ describe.skipIf(!qemuAvailable())('QEMU 10 agrees', () => {
   });
 
   it('a valid set is accepted as the whole-save view and as the tail view', async () => {
-    const o = checkSaveOptions({ capabilities: { multifd: true }, parameters: { 'direct-io': true, 'multifd-channels': 4, 'max-bandwidth': 0 } }).options!;
+    const o = checkSaveOptions({ capabilities: { multifd: true }, parameters: { 'multifd-channels': 4, 'max-bandwidth': 0 } }).options!;
     expect(await refusal('migrate-set-capabilities', { capabilities: qemuCapabilities(o) })).toBeUndefined();
     expect(await refusal('migrate-set-parameters', { ...qemuParameters(o) })).toBeUndefined();
     const tail = qemuTailSettings(o);
@@ -685,7 +718,10 @@ describe.skipIf(!qemuAvailable())('QEMU 10 agrees', () => {
   }
 
   it(`multifd without mapped-ram: both refuse (QEMU at migrate: "${QEMU_MESSAGES.multifdNeedsMappedRam}")`, { timeout: 30_000 }, async () => {
-    expect(checkSaveOptions({ capabilities: { multifd: true, 'mapped-ram': false } }).violations).toEqual([v('OPTION_REQUIRES', 'capabilities.multifd', MULTIFD_FILE_MESSAGE)]);
+    expect(checkSaveOptions({ capabilities: { multifd: true, 'mapped-ram': false } }).violations).toEqual([
+      MAPPED_RAM_OFF,
+      v('OPTION_REQUIRES', 'capabilities.multifd', MULTIFD_FILE_MESSAGE),
+    ]);
     // Accepted when set...
     expect(await refusal('migrate-set-capabilities', capsOf({ multifd: true }))).toBeUndefined();
     // ...refused at migrate.
@@ -697,6 +733,14 @@ describe.skipIf(!qemuAvailable())('QEMU 10 agrees', () => {
     const r = await migrateWith({ 'mapped-ram': true }, { 'direct-io': true });
     expect(r.error).toBeUndefined();
     expect(fs.statSync(r.file).size).toBeGreaterThan(64 << 20);
+  });
+
+  it('known difference: direct-io with mapped-ram and multifd is accepted by QEMU (its channels open O_DIRECT), refused by us', async () => {
+    expect(checkSaveOptions({ capabilities: { multifd: true }, parameters: { 'direct-io': true } }).violations).toEqual([
+      v('OPTION_UNSUPPORTED', 'parameters.direct-io', DIRECT_IO_MESSAGE),
+    ]);
+    expect(await refusal('migrate-set-capabilities', capsOf({ 'mapped-ram': true, multifd: true }))).toBeUndefined();
+    expect(await refusal('migrate-set-parameters', { 'direct-io': true })).toBeUndefined();
   });
 
   it('known difference: max-bandwidth -1 is refused by us; QEMU reads it as 2^64 - 1', async () => {

@@ -58,7 +58,7 @@ export type OnBudget = 'abort' | 'force';
 
 export interface SaveOptions {
   capabilities: {
-    /** The output file's layout; ramsnap writes it (QEMU default off, ramsnap default on). */
+    /** The output file's layout; ramsnap writes it (QEMU default off, ramsnap default on). Must be on: save writes mapped-ram only. */
     'mapped-ram': boolean;
     /** Parallel writers (multifd-channels of them); needs mapped-ram for a file. */
     multifd: boolean;
@@ -74,7 +74,7 @@ export interface SaveOptions {
   parameters: {
     /** Number of parallel positional writers when multifd is on (1..255). */
     'multifd-channels': number;
-    /** O_DIRECT writes; needs mapped-ram and multifd. */
+    /** QEMU's O_DIRECT writes (only with mapped-ram and multifd). Must be off: ramsnap save cannot write with O_DIRECT. */
     'direct-io': boolean;
     /** Tolerated downtime in ms (0..2 000 000): the default of the downtime policy. */
     'downtime-limit': number;
@@ -361,6 +361,11 @@ function crossRules(o: SaveOptions, add: (code: OptionCode, field: string, messa
     );
   }
 
+  // ramsnap's own: save writes mapped-ram files only (convert makes a legacy stream of one).
+  if (!mappedRam) {
+    add(OptionCode.OPTION_UNSUPPORTED, 'capabilities.mapped-ram', 'ramsnap save writes mapped-ram files only (ramsnap convert --to legacy makes a sequential stream of one)');
+  }
+
   // QEMU checks this only at `migrate`: a file takes several channels only with mapped-ram.
   if (caps.multifd && !mappedRam) {
     add(OptionCode.OPTION_REQUIRES, 'capabilities.multifd', `multifd needs mapped-ram when saving to a file (QEMU says at migrate: "${QEMU_MESSAGES.multifdNeedsMappedRam}")`);
@@ -375,6 +380,9 @@ function crossRules(o: SaveOptions, add: (code: OptionCode, field: string, messa
       'parameters.direct-io',
       `direct-io needs mapped-ram and multifd (${off} off); QEMU would accept it and silently write without O_DIRECT`,
     );
+  } else if (o.parameters['direct-io']) {
+    // ramsnap's own: O_DIRECT needs buffers aligned in memory, and Node gives no say over where a buffer lies.
+    add(OptionCode.OPTION_UNSUPPORTED, 'parameters.direct-io', 'ramsnap save cannot write with O_DIRECT: Node cannot align its buffers as O_DIRECT requires');
   }
 }
 
@@ -473,11 +481,6 @@ export function qemuTailSettings(o: SaveOptions): { capabilities: MigrationCapab
 /** How many positional writers ramsnap runs: multifd-channels with multifd, else one (QEMU ignores the count without multifd). */
 export function parallelWriters(o: SaveOptions): number {
   return o.capabilities.multifd ? o.parameters['multifd-channels'] : 1;
-}
-
-/** Whether writes use O_DIRECT: as QEMU's migrate_direct_io(), only with mapped-ram and multifd. */
-export function usesDirectIo(o: SaveOptions): boolean {
-  return o.parameters['direct-io'] && o.capabilities['mapped-ram'] && o.capabilities.multifd;
 }
 
 /**

@@ -10,7 +10,7 @@ interface OptionsArgs extends SaveFlagArgs {
 }
 
 export const command = 'options';
-export const describe = 'Show the save options in effect (defaults, or a config file and flags); --check reports every violation';
+export const describe = 'Show the save options in effect (defaults, or a config file and flags); --check reports every violation, the same ones save stops at';
 
 export function builder(y: Argv): Argv<OptionsArgs> {
   return withSaveOptions(y, { config: false })

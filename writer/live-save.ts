@@ -196,7 +196,7 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
   let source: SharedFileSource | undefined;
   let paused = false;
   let wasRunning = false;
-  let savedCaps: { capability: string; state: boolean }[] | undefined;
+  let saved: Settings | undefined;
   const tailPath = path.join(path.dirname(path.resolve(o.output)), `.${path.basename(o.output)}${TEMP_MARK}${process.pid}-qemu`);
   try {
     const d = await discover(qmp, o);
@@ -230,7 +230,7 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
         stoppedAt = clock.now();
         log('guest paused');
         // QEMU writes its part while we copy the last pages: both only read the paused guest.
-        savedCaps = await qmp.execute<{ capability: string; state: boolean }[]>('query-migrate-capabilities');
+        saved = await saveSettings(qmp);
         qemuPart = saveQemuPart(qmp, tailPath, o);
         qemuPart.catch(() => undefined);
       },
@@ -245,8 +245,8 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
     } else {
       pauseMs = clock.now() - stoppedAt;
     }
-    await restoreCaps(qmp, savedCaps);
-    savedCaps = undefined;
+    await restoreSettings(qmp, saved, o);
+    saved = undefined;
 
     const qemuPartBytes = fs.statSync(tailPath).size;
     await mergeQemuPart(writer, tailPath, d, sharedNames);
@@ -271,7 +271,7 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
     await writer?.abort().catch(() => undefined);
     fs.rmSync(tailPath, { force: true });
     // Our failure must not cost the guest its run: resume it if it ran before.
-    if (savedCaps) await restoreCaps(qmp, savedCaps).catch(() => undefined);
+    if (saved) await restoreSettings(qmp, saved, o).catch(() => undefined);
     if (paused && wasRunning) {
       await qmp.execute('cont').catch(() => undefined);
       log('guest resumed (the save failed)');
@@ -283,9 +283,14 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
   }
 }
 
+/** The capabilities QEMU's part is saved with: the options', x-ignore-shared on, no mapped-ram nor multifd. */
+function partCapabilities(o: LiveSaveOptions): Record<string, boolean> {
+  return { ...(o.qemuCapabilities ?? {}), [CAP_X_IGNORE_SHARED]: true, 'mapped-ram': false, multifd: false };
+}
+
 /** QEMU saves what we do not copy: device state and unshared blocks, x-ignore-shared, legacy stream. */
 async function saveQemuPart(qmp: QmpClient, file: string, o: LiveSaveOptions): Promise<void> {
-  const caps = { ...(o.qemuCapabilities ?? {}), [CAP_X_IGNORE_SHARED]: true, 'mapped-ram': false, multifd: false };
+  const caps = partCapabilities(o);
   await qmp.execute('migrate-set-capabilities', { capabilities: Object.entries(caps).map(([capability, state]) => ({ capability, state })) });
   if (o.qemuParameters && Object.keys(o.qemuParameters).length > 0) await qmp.execute('migrate-set-parameters', o.qemuParameters);
   fs.rmSync(file, { force: true });
@@ -293,10 +298,26 @@ async function saveQemuPart(qmp: QmpClient, file: string, o: LiveSaveOptions): P
   await waitMigration(qmp, o.signal);
 }
 
-async function restoreCaps(qmp: QmpClient, caps: { capability: string; state: boolean }[] | undefined): Promise<void> {
-  if (!caps) return;
-  const wanted = caps.filter((c) => ['x-ignore-shared', 'mapped-ram', 'multifd'].includes(c.capability));
-  if (wanted.length) await qmp.execute('migrate-set-capabilities', { capabilities: wanted });
+interface Settings {
+  capabilities: { capability: string; state: boolean }[];
+  parameters: Json;
+}
+
+async function saveSettings(qmp: QmpClient): Promise<Settings> {
+  return {
+    capabilities: await qmp.execute<{ capability: string; state: boolean }[]>('query-migrate-capabilities'),
+    parameters: await qmp.execute<Json>('query-migrate-parameters'),
+  };
+}
+
+/** Puts back the capabilities and parameters QEMU's part changed, as they were before the save. */
+async function restoreSettings(qmp: QmpClient, before: Settings | undefined, o: LiveSaveOptions): Promise<void> {
+  if (!before) return;
+  const changed = new Set(Object.keys(partCapabilities(o)));
+  const caps = before.capabilities.filter((c) => changed.has(c.capability));
+  if (caps.length) await qmp.execute('migrate-set-capabilities', { capabilities: caps });
+  const params = Object.fromEntries(Object.keys(o.qemuParameters ?? {}).filter((k) => k in before.parameters).map((k) => [k, before.parameters[k]]));
+  if (Object.keys(params).length) await qmp.execute('migrate-set-parameters', params);
 }
 
 /** Copies QEMU's unshared blocks and device state into the snapshot and makes its head say mapped-ram only. */

@@ -3,7 +3,7 @@ import { RamsnapUsageError } from '../../format/errors.js';
 import { liveSave, type LiveSaveResult, type ThenAction } from '../../writer/live-save.js';
 import { loadPolicy } from '../../writer/policies.js';
 import type { PrecopyPolicy } from '../../writer/precopy.js';
-import { parallelWriters, qemuTailSettings, usesDirectIo, type SaveOptions } from '../../writer/save-options.js';
+import { parallelWriters, qemuTailSettings, type SaveOptions } from '../../writer/save-options.js';
 import { bytes, printable } from '../human.js';
 import { saveOptionsFromArgv, withSaveOptions, type SaveFlagArgs } from '../save-flags.js';
 
@@ -73,15 +73,6 @@ export async function handler(args: ArgumentsCamelCase<SaveArgs>): Promise<void>
   const o = saveOptionsFromArgv(args);
   const then = parseThen(args.then);
   const ram = parseRam(args.ram);
-  if (!o.capabilities['mapped-ram']) {
-    throw new RamsnapUsageError('OPTION_UNSUPPORTED', 'capabilities.mapped-ram: ramsnap save writes mapped-ram files only (use ramsnap convert for a legacy stream)', 'capabilities.mapped-ram');
-  }
-  if (!o.capabilities['x-ignore-shared']) {
-    throw new RamsnapUsageError('OPTION_UNSUPPORTED', 'capabilities.x-ignore-shared: ramsnap save copies the shared RAM itself; without x-ignore-shared QEMU would save it again', 'capabilities.x-ignore-shared');
-  }
-  if (usesDirectIo(o)) {
-    throw new RamsnapUsageError('OPTION_UNSUPPORTED', 'parameters.direct-io: Node cannot give O_DIRECT the aligned buffers it needs, so ramsnap save does not offer it', 'parameters.direct-io');
-  }
   const policy = await policyFromOptions(o);
   const tail = qemuTailSettings(o);
   const ac = new AbortController();

@@ -16,8 +16,17 @@ export interface LegacyRun {
 }
 
 export class LegacyIndex {
-  /** Sorted by `first`, non-overlapping. */
-  readonly runs: LegacyRun[] = [];
+  /** Sorted by `first`, non-overlapping; `pending` not yet applied. */
+  private sorted: LegacyRun[] = [];
+  /**
+   * Records for pages at or below the end of the runs so far (a page sent
+   * again, or pages sent out of order), in stream order. Splicing each into
+   * the sorted runs as it comes costs a move of every run after it, so a
+   * stream of records in descending page order took quadratic time (80 000
+   * ZERO records, 720 KB: 27 s). They are merged in one pass when the runs
+   * are next looked at, or when there are as many of them as runs.
+   */
+  private pending: LegacyRun[] = [];
   /** Records added, in stream order. */
   recordCount = 0;
 
@@ -28,15 +37,37 @@ export class LegacyIndex {
    */
   constructor(private readonly maxStride = Infinity) {}
 
+  /** Sorted by `first`, non-overlapping. */
+  get runs(): LegacyRun[] {
+    this.settle();
+    return this.sorted;
+  }
+
+  /**
+   * An upper bound of runs.length that does not merge: a pending record
+   * splits at most one run in three. For memory limits checked per record.
+   */
+  get runCount(): number {
+    return this.sorted.length + 2 * this.pending.length;
+  }
+
   /**
    * Records that page `page` has its last copy at `dataOffset`, or is a
    * ZERO record when `dataOffset` is -1.
    */
   add(page: number, dataOffset: number): void {
     this.recordCount++;
-    const runs = this.runs;
+    const runs = this.sorted;
     const last = runs[runs.length - 1];
-    if (last && page === last.first + last.count && (dataOffset === -1) === (last.dataOffset === -1)) {
+    const end = last ? last.first + last.count : 0;
+    if (page < end) {
+      // Pending records only ever name pages below `end`, and pages appended from here on are at or above it,
+      // so appends never cover a pending page and applying the pending ones last keeps stream order.
+      this.pending.push({ first: page, count: 1, dataOffset, stride: 0 });
+      if (this.pending.length >= Math.max(4096, runs.length)) this.settle();
+      return;
+    }
+    if (last && page === end && (dataOffset === -1) === (last.dataOffset === -1)) {
       if (dataOffset === -1) {
         last.count++;
         return;
@@ -52,34 +83,36 @@ export class LegacyIndex {
         return;
       }
     }
-    const run = { first: page, count: 1, dataOffset, stride: 0 };
-    if (!last || page >= last.first + last.count) runs.push(run);
-    else this.overwrite(run);
+    runs.push({ first: page, count: 1, dataOffset, stride: 0 });
   }
 
-  /** Splices a one-page run over whatever covered that page before. */
-  private overwrite(run: LegacyRun): void {
-    const runs = this.runs;
-    // First run whose end is after run.first.
-    let lo = 0;
-    let hi = runs.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (runs[mid].first + runs[mid].count <= run.first) lo = mid + 1;
-      else hi = mid;
+  /** Applies the pending records: the last one per page wins, each splits the run it lands in. One pass. */
+  private settle(): void {
+    if (this.pending.length === 0) return;
+    // A stable sort keeps stream order among records of one page; the last of them is the copy that counts.
+    const sorted = this.pending.sort((a, b) => a.first - b.first);
+    const over: LegacyRun[] = [];
+    for (const r of sorted) {
+      if (over.length && over[over.length - 1].first === r.first) over[over.length - 1] = r;
+      else over.push(r);
     }
-    const replaced: LegacyRun[] = [];
-    const r = runs[lo];
-    if (r && r.first <= run.first) {
-      // Split r around the page.
-      if (r.first < run.first) replaced.push(slice(r, r.first, run.first));
-      replaced.push(run);
+    const out: LegacyRun[] = [];
+    let j = 0;
+    for (const r of this.sorted) {
+      while (j < over.length && over[j].first < r.first) out.push(over[j++]);
       const end = r.first + r.count;
-      if (end > run.first + 1) replaced.push(slice(r, run.first + 1, end));
-      runs.splice(lo, 1, ...replaced);
-    } else {
-      runs.splice(lo, 0, run);
+      let from = r.first;
+      while (j < over.length && over[j].first < end) {
+        const p = over[j].first;
+        if (p > from) out.push(slice(r, from, p));
+        out.push(over[j++]);
+        from = p + 1;
+      }
+      if (from < end) out.push(from === r.first ? r : slice(r, from, end));
     }
+    while (j < over.length) out.push(over[j++]);
+    this.sorted = out;
+    this.pending = [];
   }
 
   /** The run holding `page`, or undefined when the stream never sent it (it reads as zero). */
@@ -99,15 +132,16 @@ export class LegacyIndex {
   /** Runs overlapping [first, first + count), clipped to it. */
   *overlapping(first: number, count: number): Generator<LegacyRun> {
     const end = first + count;
+    const runs = this.runs;
     let lo = 0;
-    let hi = this.runs.length;
+    let hi = runs.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (this.runs[mid].first + this.runs[mid].count <= first) lo = mid + 1;
+      if (runs[mid].first + runs[mid].count <= first) lo = mid + 1;
       else hi = mid;
     }
-    for (let i = lo; i < this.runs.length && this.runs[i].first < end; i++) {
-      const r = this.runs[i];
+    for (let i = lo; i < runs.length && runs[i].first < end; i++) {
+      const r = runs[i];
       yield slice(r, Math.max(first, r.first), Math.min(end, r.first + r.count));
     }
   }

@@ -659,7 +659,8 @@ class Walker {
     }
     const page = addr / m.pageSize;
     const index = block.legacy as LegacyIndex;
-    const before = index.runs.length;
+    // runCount, not runs.length: looking at the runs would merge pending records on every record.
+    const before = index.runCount;
     if (kind === RamFlag.ZERO) {
       const fillAt = c.pos;
       const fill = c.u8('ram.record.fill');
@@ -679,7 +680,7 @@ class Walker {
     } else {
       throw new RamsnapFormatError(FormatCode.UNSUPPORTED, 'XBZRLE-encoded pages are not supported', { field: 'ram.record.flags', offset: at });
     }
-    this.legacyRuns += index.runs.length - before;
+    this.legacyRuns += index.runCount - before;
     if (this.legacyRuns > MAX_LEGACY_RUNS) {
       throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'legacy stream is too fragmented to index', {
         field: 'ram.record',

@@ -11,10 +11,15 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
+import { RamFlag } from '../format/constants.js';
 import { RamsnapError } from '../format/errors.js';
+import { LegacyIndex } from '../format/legacy-index.js';
+import { Snapshot } from '../reader/snapshot.js';
 import { cliInProcess, type CliOutcome } from './fuzz/check.js';
 import { loadCorpus, type Seed } from './fuzz/corpus.js';
+import { ImageSource } from './fuzz/map.js';
 import { applyRecipe, type Op } from './fuzz/mutate.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-regressions-'));
@@ -68,5 +73,81 @@ describe('regressions found by the fuzzer', () => {
     expect(long).toBeDefined();
     expect(Buffer.byteLength(path.basename(long!.path))).toBeLessThanOrEqual(255);
     expect(fs.statSync(long!.path).size).toBe(s.map.blocks.find((b) => b.name === 'pc.ram')?.usedLength);
+  });
+});
+
+describe('regressions found by constructing what the fuzzer cannot reach', () => {
+  it('legacy: ZERO records in descending page order index in linear time, not quadratic (was a hang: 80 000 records took 27 s)', async () => {
+    // pc-legacy with pc.ram grown to 1 GiB (used_length and the RAM total), and 200 000 ZERO records for
+    // pages 199 999..0 inserted at the start of the first RAM PART: a valid stream of 1.8 MB. The fixture's
+    // own page records come after them, so guest memory is unchanged.
+    const RECORDS = 200_000;
+    const { file, seed: s } = await mutated('pc-legacy', (s) => {
+      const m = s.map;
+      const ram = m.blocks.find((b) => b.name === 'pc.ram');
+      const part = m.sections.find((x) => x.name === 'ram' && x.kind === 'part');
+      const memSize = m.fields.find((f) => f.label === 'ram.mem_size');
+      const usedLength = m.fields.find((f) => f.label === 'ramblock[pc.ram].used_length');
+      if (!ram || !part || !memSize || !usedLength) throw new Error('pc-legacy is not shaped as expected');
+      const grow = (1 << 30) - ram.usedLength;
+      const records = Buffer.alloc(9 * RECORDS + 1 + ram.name.length);
+      let at = 0;
+      for (let p = RECORDS - 1; p >= 0; p--) {
+        const first = p === RECORDS - 1;
+        records.writeBigUInt64BE((BigInt(p) << 12n) | BigInt(first ? RamFlag.ZERO : RamFlag.ZERO | RamFlag.CONTINUE), at);
+        at += 8;
+        if (first) {
+          records[at++] = ram.name.length;
+          at += records.write(ram.name, at, 'latin1');
+        }
+        records[at++] = 0; // fill byte
+      }
+      return [
+        { op: 'int', at: usedLength.at, width: 8, value: String(ram.usedLength + grow), why: 'pc.ram used_length = 1 GiB' },
+        { op: 'int', at: memSize.at, width: 8, value: String(BigInt(memSize.value as string) + BigInt(grow)), why: 'RAM total grown to match' },
+        { op: 'splice', at: part.offset + 5, remove: 0, hex: records.subarray(0, at).toString('hex'), why: `${RECORDS} descending ZERO records` },
+      ];
+    });
+    const original = await Snapshot.open(new ImageSource(s.image), { offset: s.offset });
+    const t0 = performance.now();
+    const snap = await Snapshot.open(file);
+    const ms = performance.now() - t0;
+    try {
+      expect(ms).toBeLessThan(10_000);
+      const want = original.block('pc.ram');
+      const got = snap.block('pc.ram');
+      expect(got.usedLength).toBe(1 << 30);
+      expect(got.pagesPresent).toBe(want.pagesPresent);
+      expect(Buffer.from(await snap.read(got, 0, want.usedLength)).equals(Buffer.from(await original.read(want, 0, want.usedLength)))).toBe(true);
+      expect(Buffer.from(await snap.read(got, want.usedLength, 1 << 20)).every((b) => b === 0)).toBe(true);
+    } finally {
+      await snap.close();
+    }
+  }, 120_000);
+
+  it('legacy index: records merged in batches (the fix above) still map every page to its last copy', () => {
+    // Enough out-of-order records that pending ones are merged several times while records keep coming.
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat({ max: 2999 }), fc.boolean()), { minLength: 5000, maxLength: 20_000 }), (records) => {
+        const idx = new LegacyIndex(4096 + 264);
+        const model = new Map<number, number>();
+        let offset = 1000;
+        for (const [page, zero] of records) {
+          const data = zero ? -1 : offset;
+          idx.add(page, data);
+          model.set(page, data);
+          offset += 4096 + 8;
+        }
+        for (let p = 0; p < 3000; p++) {
+          const r = idx.find(p);
+          const want = model.get(p);
+          expect(r === undefined ? undefined : r.dataOffset === -1 ? -1 : r.dataOffset + (p - r.first) * r.stride).toBe(want);
+        }
+        const runs = idx.runs;
+        for (let i = 1; i < runs.length; i++) expect(runs[i].first).toBeGreaterThanOrEqual(runs[i - 1].first + runs[i - 1].count);
+        expect(idx.runCount).toBe(runs.length);
+      }),
+      { numRuns: 20 },
+    );
   });
 });

@@ -49,6 +49,8 @@ export class SnapshotWriter {
   private readonly byName: Map<string, number>;
   private readonly zeroPage: Buffer;
   private done = false;
+  /** The error that made the writer give up: later calls report it, not WRITER_CLOSED (concurrent writePages race to fail). */
+  private failure: unknown;
 
   private constructor(
     readonly target: string,
@@ -134,6 +136,7 @@ export class SnapshotWriter {
           await this.sink.write(b.pagesOffset + (first + start) * ps, buf.subarray(start * ps, p * ps));
         } catch (err) {
           // Disk full or an I/O error: the file cannot be finished, so it goes now (SPEC 13.3).
+          this.failure ??= err;
           await this.abort();
           throw err;
         }
@@ -225,6 +228,7 @@ export class SnapshotWriter {
   }
 
   private checkOpen(): void {
+    if (this.failure !== undefined) throw this.failure;
     if (this.done) throw new RamsnapUsageError('WRITER_CLOSED', 'the writer was finalized or aborted', 'writer');
   }
 }

@@ -1,160 +1,77 @@
 /**
- * Crash safety: a process writing a snapshot (SnapshotWriter), patching one
- * (`ramsnap patch`) or rewriting one (`ramsnap sparsify`) is killed with
- * SIGKILL at random points in every phase (test/helpers/crash-child.ts
- * slows each operation down and says which phase it is in), and what it
- * leaves is checked. Then disk full: a tmpfs of 8 MiB (ENOSPC) and a file
- * size limit (`ulimit -f`, EFBIG).
+ * Crash safety: a process writing a snapshot (SnapshotWriter, `ramsnap
+ * create`, `ramsnap convert`), patching one (`ramsnap patch`) or rewriting
+ * one (`ramsnap sparsify`) is killed with SIGKILL at random points in
+ * every phase (test/helpers/crash-child.ts slows each operation down and
+ * says which phase it is in), or given an I/O error in the middle of its
+ * writes, and what it leaves is checked. Then disk full: a tmpfs of 8 MiB
+ * (ENOSPC) and a file size limit (`ulimit -f`, EFBIG).
  *
- * What holds, per phase (the per-phase tables are printed):
- * - writer: nothing is at the target until the rename; after it, the
- *   complete file. A killed run leaves at most one temporary file, named
- *   `.TARGET.ramsnap-tmp-PID-RANDOM` (TEMP_MARK and the child's pid).
+ * What holds (SPEC.md §13.8, §13.9; the per-phase tables are printed):
+ * - writers: nothing is at the target until the rename; after it, the
+ *   complete file. A killed run leaves at most one temporary file
+ *   `.TARGET.ramsnap-tmp-PID-RANDOM` and the lock `.TARGET.ramsnap-lock`;
+ *   the next writer of the target removes both, one notice each.
  * - sparsify: the path always holds a file that verifies and reads as the
- *   same guest memory with the same layout: the original before the
- *   rename, the new one after.
- * - patch over pages that were absent: original or fully patched in every
- *   phase (the bytes go to invisible slots; one bitmap write makes them count).
- * - patch over pages that were present: the slots are overwritten in place,
- *   so a kill in the page or first fsync phase can leave some pages patched
- *   and others not. Always: the file verifies, every page is either its
- *   original or its patched content, and a page that was absent is never
- *   present without its patched bytes.
+ *   same guest memory with the same layout.
+ * - patch, killed anywhere: a reader (ramsnap's, through analyze/open.ts)
+ *   either refuses the file with PATCH_IN_PROGRESS or finds it complete
+ *   with exactly the original or exactly the patched memory; the marker is
+ *   never there without its journal. After `ramsnap patch --recover` the
+ *   file verifies and is the original when the kill came before the
+ *   journal was finished, the patched file after.
+ * - an I/O error in the middle: one line with the code, exit 1, nothing
+ *   at the target, no temporary file, no lock; a patch whose error came
+ *   after its journal was finished is refused until recovered, and then
+ *   fully patched.
  */
-import { execFile, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
+import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { testBit } from '../format/bitmap.js';
 import type { PlanOptions } from '../format/layout.js';
 import { Snapshot } from '../reader/snapshot.js';
-import { TEMP_MARK } from '../writer/snapshot-writer.js';
+import { PATCH_MARKER } from '../writer/journal.js';
 import { intendedPage, type Job } from './helpers/crash-child.js';
-import { pageBytes, synthesize, type SynthOptions } from './helpers/synth.js';
+import { pageBytes } from './helpers/synth.js';
+import { BIN, CHILD, beside, cli, errorCode, lastPhase, memory, nextWriterRun, pool, readerView, rng, runChild, sameMemory, tally, writeSynth, type ChildRun } from './faults/harness.js';
 
-const CHILD = path.resolve('dist/test/helpers/crash-child.js');
-const BIN = path.resolve('dist/analyze/bin.js');
 const PS = 4096;
 const SEED = Number(process.env.CRASH_SEED ?? Date.now() % 1e9);
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-crash-'));
 afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
-
-/** mulberry32: the kill schedule is reproducible from CRASH_SEED. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const random = rng(SEED);
 
-interface Killed {
-  /** Phases the child announced, in order; the last is where it was killed. */
-  phases: string[];
-  pid: number;
-  signal: NodeJS.Signals | null;
-  code: number | null;
+/** A killed child must have been killed (or have finished): any other exit is a failure of the test itself. */
+function killed(r: ChildRun): ChildRun {
+  if (r.signal !== 'SIGKILL' && r.code !== 0) throw new Error(`child failed (${r.code}): ${r.stderr}`);
+  return r;
 }
 
 /**
- * Runs the child and kills it `delay` ms after it announces `at` (or after
- * it starts, when `at` is undefined).
+ * What a killed writer left beside `target`: at most one temporary file of
+ * the killed pid and maybe the lock, nothing else; then the next run
+ * removes them, one notice each.
  */
-function runAndKill(job: Job, at: string | undefined, delay: number): Promise<Killed> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CHILD, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const phases: string[] = [];
-    let buf = '';
-    let armed = false;
-    const arm = (): void => {
-      if (armed) return;
-      armed = true;
-      setTimeout(() => child.kill('SIGKILL'), delay);
-    };
-    if (at === undefined) arm();
-    child.stdout.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const p = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (!p.startsWith('@phase ')) continue; // the command's own output
-        const name = p.slice(7);
-        phases.push(name);
-        if (name === at) arm();
-      }
-    });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      if (code !== null && code !== 0) return reject(new Error(`child failed (${code}): ${stderr}`));
-      resolve({ phases, pid: child.pid as number, signal, code });
-    });
-  });
+async function leftBehindIsCleaned(target: string, pid: number, ctx: string): Promise<{ temps: number; lock: boolean }> {
+  const b = beside(target);
+  expect(b.others, ctx).toEqual([]);
+  expect(b.journal, ctx).toBe(false);
+  expect(b.temps.length, ctx).toBeLessThanOrEqual(1);
+  for (const t of b.temps) expect(t, ctx).toContain(`-tmp-${pid}-`);
+  const next = await nextWriterRun(target);
+  expect(next.after, ctx).toEqual({ temps: [], lock: false, journal: false, others: [] });
+  const removed = next.notices.filter((n) => n.startsWith('removed stale temporary file '));
+  expect(removed.length, ctx).toBe(b.temps.length);
+  expect(next.notices.some((n) => n.startsWith('took over the lock of ')), ctx).toBe(b.lock);
+  return { temps: b.temps.length, lock: b.lock };
 }
 
-/** Runs jobs a few at a time (two cores). */
-async function pool<T>(n: number, tasks: (() => Promise<T>)[]): Promise<T[]> {
-  const out: T[] = new Array(tasks.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: n }, async () => {
-      while (next < tasks.length) {
-        const i = next++;
-        out[i] = await tasks[i]();
-      }
-    }),
-  );
-  return out;
-}
-
-function tally(rows: { phase: string; outcome: string }[]): Record<string, Record<string, number>> {
-  const t: Record<string, Record<string, number>> = {};
-  for (const r of rows) {
-    t[r.phase] ??= {};
-    t[r.phase][r.outcome] = (t[r.phase][r.outcome] ?? 0) + 1;
-  }
-  return t;
-}
-
-function writeSynth(file: string, opts: SynthOptions): void {
-  const f = synthesize(opts);
-  const fd = fs.openSync(file, 'w');
-  for (const e of f.extents) fs.writeSync(fd, e.data, 0, e.data.length, e.offset);
-  fs.ftruncateSync(fd, f.size);
-  fs.closeSync(fd);
-}
-
-async function memory(file: string, opts: { offset?: number } = {}): Promise<Map<string, Buffer>> {
-  const s = await Snapshot.open(file, opts);
-  try {
-    const out = new Map<string, Buffer>();
-    for (const b of s.blocks) out.set(b.name, Buffer.from(await s.read(b, 0, b.usedLength)));
-    return out;
-  } finally {
-    await s.close();
-  }
-}
-
-/** Files in `dir` other than `keep`: each must be a temporary file of `target` made by `pid`. */
-function leftovers(dir: string, target: string, pid: number): string[] {
-  const others = fs.readdirSync(dir).filter((n) => n !== path.basename(target));
-  const pattern = new RegExp(`^\\.${path.basename(target).replace(/\./g, '\\.')}${TEMP_MARK.replace(/\./g, '\\.')}${pid}-[0-9a-f]{8}$`);
-  for (const n of others) expect(n, `stray file ${n}`).toMatch(pattern);
-  return others;
-}
-
-const WRITER_PHASES = ['start', 'head', 'pages', 'bitmaps', 'tail', 'fsync:tail', 'rename', 'renamed', 'dirsync'];
+const WRITER_PHASES = ['start', 'lock', 'head', 'pages', 'bitmaps', 'tail', 'fsync:tail', 'rename', 'renamed', 'dirsync', 'unlock'];
 
 describe('SIGKILL while writing a snapshot', () => {
-  it('never leaves a file at the target that verifies unless the rename happened; temp files carry TEMP_MARK', { timeout: 60_000 }, async () => {
+  it('never leaves a file at the target unless the rename happened; the next run cleans the temp file and the lock', { timeout: 90_000 }, async () => {
     const plan: PlanOptions = { machine: 'pc-q35-10.0', pageSize: PS, blocks: [{ name: 'pc.ram', usedLength: 48 * PS }, { name: 'pc.rom', usedLength: 8 * PS }], streamOffset: 0 };
     const schedule: { at?: string; delay: number }[] = [];
     for (let round = 0; round < 2; round++) for (const p of WRITER_PHASES) schedule.push({ at: p, delay: random() * 12 });
@@ -165,16 +82,14 @@ describe('SIGKILL while writing a snapshot', () => {
         const dir = path.join(work, `write-${i}`);
         fs.mkdirSync(dir);
         const target = path.join(dir, 'out.snap');
-        const k = await runAndKill({ mode: 'write', target, plan, seed: SEED + i, delayMs: 3 }, s.at, s.delay);
-        const last = k.phases[k.phases.length - 1] ?? '(none)';
+        const k = killed(await runChild({ mode: 'write', target, plan, seed: SEED + i, delayMs: 3 }, s.at, s.delay));
+        const last = lastPhase(k);
         const ctx = `seed ${SEED}, run ${i}, killed in ${last} (${k.phases.join(' > ')})`;
-        const temps = leftovers(dir, target, k.pid);
-        expect(temps.length, ctx).toBeLessThanOrEqual(1);
-        const renamed = k.phases.includes('renamed') || last === 'done';
+        const renamed = k.phases.includes('renamed');
         let outcome: string;
         if (fs.existsSync(target)) {
           // Only the rename puts a file here, and then it is the complete one.
-          expect(['rename', 'renamed', 'dirsync', 'done'], ctx).toContain(last);
+          expect(renamed || last === 'rename', ctx).toBe(true);
           const mem = await memory(target);
           plan.blocks.forEach((b, bi) => {
             const want = Buffer.alloc(b.usedLength);
@@ -184,19 +99,71 @@ describe('SIGKILL while writing a snapshot', () => {
             }
             expect(mem.get(b.name)!.equals(want), ctx).toBe(true);
           });
-          expect(temps, ctx).toEqual([]);
+          expect(beside(target).temps, ctx).toEqual([]);
           outcome = 'complete at target';
         } else {
           expect(renamed, ctx).toBe(false);
-          outcome = temps.length ? 'no target, temp left' : 'nothing';
+          outcome = 'nothing at target';
         }
-        return { phase: last, outcome };
+        const left = await leftBehindIsCleaned(target, k.pid, ctx);
+        return { phase: last, outcome: `${outcome}${left.temps ? ', temp' : ''}${left.lock ? ', lock' : ''} left` };
       }),
     );
     const t = tally(rows);
     console.log(`writer kills (seed ${SEED}):`, JSON.stringify(t));
-    for (const p of ['head', 'pages', 'bitmaps', 'tail', 'fsync:tail', 'rename']) expect(Object.keys(t), `no kill landed in ${p}`).toContain(p);
+    for (const p of ['lock', 'head', 'pages', 'bitmaps', 'tail', 'fsync:tail', 'rename']) expect(Object.keys(t), `no kill landed in ${p}`).toContain(p);
   });
+});
+
+/** A synthetic mapped-ram file with device state: `n` pages, two thirds present, stale bytes under clear bits. */
+function convertInput(file: string, n = 96): void {
+  const pages = new Map<number, Uint8Array>();
+  for (let p = 0; p < n; p++) if (p % 3 !== 1) pages.set(p, pageBytes(PS, p + 3));
+  writeSynth(file, { blocks: [{ name: 'pc.ram', usedLength: n * PS, pages }, { name: 'pc.rom', usedLength: 4 * PS, pages: new Map([[2, pageBytes(PS, 9)]]) }], staleBytes: true });
+}
+
+describe('SIGKILL during ramsnap create and convert (the CLI, in-process in the child)', () => {
+  const commands: { name: string; argv: (input: string, out: string) => string[] }[] = [
+    { name: 'create', argv: (input, out) => ['create', '-o', out, '--machine', 'pc-q35-10.0', '--ram', `pc.ram=${input}`] },
+    { name: 'convert to legacy', argv: (input, out) => ['convert', input, '-o', out, '--to', 'legacy'] },
+    { name: 'convert to mapped-ram', argv: (input, out) => ['convert', input, '-o', out, '--to', 'mapped-ram'] },
+  ];
+  for (const c of commands) {
+    it(`${c.name}: the target is absent or byte for byte the uninterrupted output; the next run cleans up`, { timeout: 90_000 }, async () => {
+      const base = path.join(work, `${c.name.replace(/ /g, '-')}-input`);
+      if (c.name === 'create') fs.writeFileSync(base, pageBytes(64 * PS, 17));
+      else convertInput(base);
+      // The uninterrupted output, and how long an instrumented run takes.
+      const refDir = path.join(work, `${c.name.replace(/ /g, '-')}-ref`);
+      fs.mkdirSync(refDir);
+      const ref = path.join(refDir, 'out.snap');
+      const full = await runChild({ mode: 'cli', argv: c.argv(base, ref), delayMs: 2 });
+      expect(full.code, full.stderr).toBe(0);
+      const want = fs.readFileSync(ref);
+      const rows = await pool(
+        3,
+        Array.from({ length: 14 }, (_, i) => async () => {
+          const dir = path.join(work, `${c.name.replace(/ /g, '-')}-${i}`);
+          fs.mkdirSync(dir);
+          const out = path.join(dir, 'out.snap');
+          const k = killed(await runChild({ mode: 'cli', argv: c.argv(base, out), layout: c.name === 'convert to legacy' ? undefined : ref, delayMs: 2 }, undefined, random() * full.ms * 1.1));
+          const last = lastPhase(k);
+          const ctx = `seed ${SEED}, ${c.name} run ${i}, killed in ${last} (${k.phases.join(' > ')})`;
+          let outcome = 'nothing at target';
+          if (fs.existsSync(out)) {
+            expect(k.phases.includes('renamed') || last === 'rename', ctx).toBe(true);
+            expect(fs.readFileSync(out).equals(want), ctx).toBe(true);
+            outcome = 'complete at target';
+          }
+          const left = await leftBehindIsCleaned(out, k.pid, ctx);
+          return { phase: last, outcome: `${outcome}${left.temps ? ', temp' : ''}${left.lock ? ', lock' : ''} left` };
+        }),
+      );
+      const t = tally(rows);
+      console.log(`${c.name} kills (seed ${SEED}):`, JSON.stringify(t));
+      expect(rows.some((r) => r.outcome.startsWith('nothing')), 'no kill landed before the rename').toBe(true);
+    });
+  }
 });
 
 /** pc.ram of 160 pages: 0..63 present (non-zero), 64..127 absent, 128..159 present; stale bytes in an absent slot. */
@@ -214,62 +181,118 @@ function patchData(at: number, length: number): Uint8Array {
   return d;
 }
 
-const PATCH_PHASES = ['open', 'pages', 'fsync:pages', 'bitmaps', 'fsync:bitmaps'];
+/** Phases of a patch, in order. Before the journal is finished the patch has not happened; after, it has (or will, at recovery). */
+const PATCH_PHASES = ['lock', 'hidden', 'fsync:hidden', 'journal', 'fsync:journal', 'dirsync:journal', 'invalidate', 'fsync:invalidate', 'pages', 'bitmaps', 'fsync:bitmaps', 'restore', 'fsync:restore', 'unlink:journal', 'dirsync', 'unlock'];
+const BEFORE_JOURNAL = new Set(['open', 'lock', 'hidden', 'fsync:hidden']);
+const AFTER_JOURNAL = new Set(PATCH_PHASES.slice(PATCH_PHASES.indexOf('fsync:journal')).concat('done'));
+
+interface PatchCase {
+  name: string;
+  at: number;
+  length: number;
+}
+
+const PATCH_CASES: PatchCase[] = [
+  { name: 'absent pages only', at: 64 * PS, length: 64 * PS },
+  { name: 'present and absent pages, across page boundaries', at: 40 * PS + 100, length: 50 * PS },
+];
+
+async function patchFixture(c: PatchCase, tag: string): Promise<{ base: string; dataFile: string; original: Map<string, Buffer>; patched: Map<string, Buffer> }> {
+  const base = path.join(work, `patch-base-${tag}.snap`);
+  patchBase(base);
+  const dataFile = path.join(work, `patch-data-${tag}`);
+  const data = patchData(c.at, c.length);
+  fs.writeFileSync(dataFile, data);
+  const original = await memory(base);
+  const ram = Buffer.from(original.get('pc.ram')!);
+  ram.set(data, c.at);
+  return { base, dataFile, original, patched: new Map([['pc.ram', ram]]) };
+}
+
+/** Names a settled file's memory. */
+function which(mem: Map<string, Buffer>, original: Map<string, Buffer>, patched: Map<string, Buffer>): 'original' | 'patched' | 'mixed' {
+  return sameMemory(mem, original) ? 'original' : sameMemory(mem, patched) ? 'patched' : 'mixed';
+}
 
 describe('SIGKILL during ramsnap patch', () => {
-  const cases = [
-    { name: 'absent pages only', at: 64 * PS, length: 64 * PS, strong: true },
-    { name: 'present and absent pages, across page boundaries', at: 40 * PS + 100, length: 50 * PS, strong: false },
-  ];
-  for (const c of cases) {
-    it(`${c.name}: verifies, every page old or new${c.strong ? ', whole file original or fully patched' : ''}`, { timeout: 60_000 }, async () => {
-      const base = path.join(work, `patch-base-${c.at}.snap`);
-      patchBase(base);
-      const dataFile = path.join(work, `patch-data-${c.at}`);
-      const data = patchData(c.at, c.length);
-      fs.writeFileSync(dataFile, data);
-      const original = (await memory(base)).get('pc.ram')!;
-      const patched = Buffer.from(original);
-      patched.set(data, c.at);
-      const origBits = (await Snapshot.open(base)).block('pc.ram').bitmap!.slice();
+  for (const c of PATCH_CASES) {
+    it(`${c.name}: refused or exactly original/patched; after --recover, original before the journal is finished, patched after`, { timeout: 120_000 }, async () => {
+      const { base, dataFile, original, patched } = await patchFixture(c, String(c.at));
       const schedule: { at?: string; delay: number }[] = [];
-      for (let round = 0; round < 2; round++) for (const p of PATCH_PHASES) schedule.push({ at: p, delay: random() * (p === 'pages' ? 40 : 12) });
+      for (let round = 0; round < 2; round++) for (const p of PATCH_PHASES) schedule.push({ at: p, delay: random() * (p === 'pages' || p === 'journal' || p === 'hidden' ? 30 : 10) });
       const rows = await pool(
         3,
         schedule.map((s, i) => async () => {
-          const file = path.join(work, `patch-${c.at}-${i}.snap`);
+          const dir = path.join(work, `patch-${c.at}-${i}`);
+          fs.mkdirSync(dir);
+          const file = path.join(dir, 'vm.snap');
           fs.copyFileSync(base, file);
           const argv = ['patch', file, '--block', 'pc.ram', '--at', String(c.at), '--data-file', dataFile];
-          const k = await runAndKill({ mode: 'cli', argv, file, delayMs: 3 }, s.at, s.delay);
-          const last = k.phases[k.phases.length - 1];
+          const k = killed(await runChild({ mode: 'cli', argv, layout: file, delayMs: 3 }, s.at, s.delay));
+          const last = lastPhase(k);
           const ctx = `seed ${SEED}, ${c.name}, run ${i}, killed in ${last} (${k.phases.join(' > ')})`;
-          const snap = await Snapshot.open(file); // throws if the file no longer verifies
-          const mem = Buffer.from(await snap.read('pc.ram', 0, 160 * PS));
-          const bits = snap.block('pc.ram').bitmap!;
-          await snap.close();
-          for (let p = 0; p < 160; p++) {
-            const got = mem.subarray(p * PS, (p + 1) * PS);
-            const old = original.subarray(p * PS, (p + 1) * PS);
-            const neu = patched.subarray(p * PS, (p + 1) * PS);
-            expect(got.equals(old) || got.equals(neu), `${ctx}: page ${p} is neither`).toBe(true);
-            if (!testBit(origBits, p) && testBit(bits, p)) expect(got.equals(neu), `${ctx}: page ${p} present without its bytes`).toBe(true);
+          // Before recovery: refused, or complete and exactly one of the two.
+          const left = beside(file);
+          expect(left.others, ctx).toEqual([]);
+          expect(left.temps, ctx).toEqual([]);
+          const marked = fs.readFileSync(file).subarray(0, 4).toString('latin1') === PATCH_MARKER;
+          if (marked) expect(left.journal, `${ctx}: marker without journal`).toBe(true);
+          const view = await readerView(file);
+          let before: string;
+          if (view.complete) {
+            before = which(view.mem, original, patched);
+            expect(before, ctx).not.toBe('mixed');
+          } else {
+            expect(view.code, ctx).toBe('PATCH_IN_PROGRESS');
+            before = 'refused';
           }
-          const outcome = mem.equals(original) ? 'original' : mem.equals(patched) ? 'patched' : 'mixed';
-          if (c.strong) expect(outcome, ctx).not.toBe('mixed');
-          if (last === 'open') expect(outcome, ctx).toBe('original');
-          if (last === 'fsync:bitmaps' || last === 'done') expect(outcome, ctx).toBe('patched');
-          return { phase: last, outcome };
+          // QEMU's view: the magic is QEVM exactly when ramsnap's strict reader could open the file.
+          if (marked) await expect(Snapshot.open(file)).rejects.toMatchObject({ code: 'BAD_MAGIC' });
+          // Recovery through the CLI.
+          const r = await cli(['patch', file, '--recover']);
+          expect(r.code, `${ctx}: ${r.stderr}`).toBe(0);
+          expect(beside(file), ctx).toEqual({ temps: [], lock: false, journal: false, others: [] });
+          const after = await readerView(file);
+          expect(after.complete, ctx).toBe(true);
+          const settled = which((after as { mem: Map<string, Buffer> }).mem, original, patched);
+          expect(settled, ctx).not.toBe('mixed');
+          if (BEFORE_JOURNAL.has(last)) expect(settled, ctx).toBe('original');
+          if (AFTER_JOURNAL.has(last)) expect(settled, ctx).toBe('patched');
+          if (view.complete) expect(settled, `${ctx}: a complete file changed at recovery`).toBe(before);
+          return { phase: last, outcome: `${before} -> ${settled}` };
         }),
       );
       const t = tally(rows);
       console.log(`patch kills, ${c.name} (seed ${SEED}):`, JSON.stringify(t));
-      for (const p of ['pages', 'fsync:pages', 'bitmaps']) expect(Object.keys(t), `no kill landed in ${p}`).toContain(p);
+      const want = ['hidden', 'journal', 'invalidate', 'bitmaps', 'restore'].concat(c.name.startsWith('present') ? ['pages'] : []);
+      for (const p of want) expect(Object.keys(t), `no kill landed in ${p}`).toContain(p);
     });
   }
+
+  it('a kill during recovery is recovered the same way', { timeout: 60_000 }, async () => {
+    const c = PATCH_CASES[1];
+    const { base, dataFile, original, patched } = await patchFixture(c, 'rerecover');
+    const outcomes: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const dir = path.join(work, `rerecover-${i}`);
+      fs.mkdirSync(dir);
+      const file = path.join(dir, 'vm.snap');
+      fs.copyFileSync(base, file);
+      killed(await runChild({ mode: 'cli', argv: ['patch', file, '--block', 'pc.ram', '--at', String(c.at), '--data-file', dataFile], layout: file, delayMs: 3 }, 'pages', 1));
+      expect(beside(file).journal).toBe(true);
+      const k = killed(await runChild({ mode: 'cli', argv: ['patch', file, '--recover'], layout: file, delayMs: 3 }, ['invalidate', 'pages', 'bitmaps', 'restore'][i], 2));
+      const r = await cli(['patch', file, '--recover']);
+      expect(r.code, r.stderr).toBe(0);
+      const v = await readerView(file);
+      expect(v.complete && which(v.mem, original, patched), `killed in ${lastPhase(k)}`).toBe('patched');
+      outcomes.push(lastPhase(k));
+    }
+    console.log('recovery kills:', outcomes.join(', '));
+  });
 });
 
 describe('SIGKILL during ramsnap sparsify', () => {
-  it('the path always holds a verifying file with the same guest memory and layout; temp files carry TEMP_MARK', { timeout: 60_000 }, async () => {
+  it('the path always holds a verifying file with the same guest memory and layout; the next run cleans up', { timeout: 90_000 }, async () => {
     const base = path.join(work, 'sparsify-base.snap');
     const pages = new Map<number, Uint8Array>();
     for (let p = 0; p < 96; p++) pages.set(p, p % 4 === 1 ? new Uint8Array(PS) : pageBytes(PS, p));
@@ -279,7 +302,7 @@ describe('SIGKILL during ramsnap sparsify', () => {
     const layout = s0.blocks.map((b) => ({ ...b.mappedRam }));
     await s0.close();
     const schedule: { at?: string; delay: number }[] = [];
-    for (let round = 0; round < 2; round++) for (const p of ['open', ...WRITER_PHASES.slice(1)]) schedule.push({ at: p, delay: random() * 12 });
+    for (let round = 0; round < 2; round++) for (const p of ['open', 'lock', ...WRITER_PHASES.slice(2)]) schedule.push({ at: p, delay: random() * 12 });
     const rows = await pool(
       3,
       schedule.map((s, i) => async () => {
@@ -288,17 +311,17 @@ describe('SIGKILL during ramsnap sparsify', () => {
         const file = path.join(dir, 'vm.snap');
         fs.copyFileSync(base, file);
         const ino = fs.statSync(file).ino;
-        const k = await runAndKill({ mode: 'cli', argv: ['sparsify', file, '--offset', '777'], file, offset: 777, delayMs: 3 }, s.at, s.delay);
-        const last = k.phases[k.phases.length - 1];
+        const k = killed(await runChild({ mode: 'cli', argv: ['sparsify', file, '--offset', '777'], layout: file, offset: 777, delayMs: 3 }, s.at, s.delay));
+        const last = lastPhase(k);
         const ctx = `seed ${SEED}, run ${i}, killed in ${last} (${k.phases.join(' > ')})`;
-        const temps = leftovers(dir, file, k.pid);
         const snap = await Snapshot.open(file, { offset: 777 });
         expect(snap.blocks.map((b) => ({ ...b.mappedRam })), ctx).toEqual(layout);
         for (const b of snap.blocks) expect(Buffer.from(await snap.read(b, 0, b.usedLength)).equals(original.get(b.name)!), ctx).toBe(true);
         await snap.close();
         const replaced = fs.statSync(file).ino !== ino;
-        if (replaced) expect(temps, ctx).toEqual([]);
-        return { phase: last, outcome: replaced ? 'sparsified' : temps.length ? 'original, temp left' : 'original' };
+        if (replaced) expect(beside(file).temps, ctx).toEqual([]);
+        const left = await leftBehindIsCleaned(file, k.pid, ctx);
+        return { phase: last, outcome: `${replaced ? 'sparsified' : 'original'}${left.temps ? ', temp' : ''}${left.lock ? ', lock' : ''} left` };
       }),
     );
     const t = tally(rows);
@@ -307,11 +330,79 @@ describe('SIGKILL during ramsnap sparsify', () => {
   });
 });
 
+const oneLine = (stderr: string, code: string): void => {
+  expect(stderr.trimEnd().split('\n'), stderr).toHaveLength(1);
+  expect(stderr).toMatch(new RegExp(`^ramsnap: ${code}: `));
+};
+
+describe('an I/O error in the middle of a write (EIO from an fs that fails the n-th write)', () => {
+  const writers: { name: string; argv: (input: string, out: string) => string[]; fail: string; writes: number }[] = [
+    { name: 'create', argv: (input, out) => ['create', '-o', out, '--machine', 'pc-q35-10.0', '--ram', `pc.ram=${input}`], fail: 'pages', writes: 3 },
+    { name: 'convert to legacy', argv: (input, out) => ['convert', input, '-o', out, '--to', 'legacy'], fail: 'write', writes: 3 },
+    { name: 'convert to mapped-ram', argv: (input, out) => ['convert', input, '-o', out, '--to', 'mapped-ram'], fail: 'pages', writes: 3 },
+  ];
+  for (const w of writers) {
+    it(`${w.name}: one line IO_EIO, exit 1, nothing at the target, no temporary file, no lock`, { timeout: 30_000 }, async () => {
+      const input = path.join(work, `eio-${w.name.replace(/ /g, '-')}-in`);
+      // 4 MiB and more: several page writes, and several 1 MiB flushes of the legacy writer.
+      if (w.name === 'create') fs.writeFileSync(input, pageBytes(1024 * PS, 17));
+      else convertInput(input, 1536);
+      const ref = path.join(work, `eio-${w.name.replace(/ /g, '-')}-ref.snap`);
+      expect((await cli(w.argv(input, ref))).code).toBe(0);
+      for (const nth of [1, 1 + Math.floor(random() * w.writes)]) {
+        const dir = fs.mkdtempSync(path.join(work, 'eio-'));
+        const out = path.join(dir, 'out.snap');
+        const r = await runChild({ mode: 'cli', argv: w.argv(input, out), layout: w.name === 'convert to legacy' ? undefined : ref, delayMs: 0, fail: { phase: w.fail, nth, errno: 'EIO' } });
+        expect(r.code, r.stderr).toBe(1);
+        oneLine(r.stderr, 'IO_EIO');
+        expect(fs.readdirSync(dir)).toEqual([]);
+      }
+    });
+  }
+
+  it('sparsify: one line IO_EIO, exit 1, the original untouched, nothing left beside it', async () => {
+    const dir = fs.mkdtempSync(path.join(work, 'eio-'));
+    const file = path.join(dir, 'vm.snap');
+    convertInput(file);
+    const bytes = fs.readFileSync(file);
+    const r = await runChild({ mode: 'cli', argv: ['sparsify', file], layout: file, delayMs: 0, fail: { phase: 'pages', nth: 5, errno: 'EIO' } });
+    expect(r.code, r.stderr).toBe(1);
+    oneLine(r.stderr, 'IO_EIO');
+    expect(fs.readdirSync(dir)).toEqual(['vm.snap']);
+    expect(fs.readFileSync(file).equals(bytes)).toBe(true);
+  });
+
+  const c = PATCH_CASES[1];
+  for (const at of ['hidden', 'journal', 'pages', 'bitmaps']) {
+    const started = at === 'pages' || at === 'bitmaps';
+    it(`patch, error in ${at}: one line IO_EIO, exit 1; ${started ? 'refused until --recover, then fully patched' : 'the original, no journal'}`, { timeout: 30_000 }, async () => {
+      const { base, dataFile, original, patched } = await patchFixture(c, `eio-${at}`);
+      const dir = fs.mkdtempSync(path.join(work, 'eio-'));
+      const file = path.join(dir, 'vm.snap');
+      fs.copyFileSync(base, file);
+      const nth = at === 'bitmaps' ? 1 : 2; // one bitmap write
+      const r = await runChild({ mode: 'cli', argv: ['patch', file, '--block', 'pc.ram', '--at', String(c.at), '--data-file', dataFile], layout: file, delayMs: 0, fail: { phase: at, nth, errno: 'EIO' } });
+      expect(r.code, r.stderr).toBe(1);
+      oneLine(r.stderr, 'IO_EIO');
+      const view = await readerView(file);
+      if (started) {
+        expect(r.stderr).toContain(`ramsnap patch --recover ${file}`);
+        expect(view).toEqual({ complete: false, code: 'PATCH_IN_PROGRESS' });
+        const v = await cli(['verify', file]);
+        expect(v.code).toBe(1);
+        oneLine(v.stderr, 'PATCH_IN_PROGRESS');
+        expect((await cli(['patch', file, '--recover'])).code).toBe(0);
+        const after = await readerView(file);
+        expect(after.complete && which(after.mem, original, patched)).toBe('patched');
+      } else {
+        expect(view.complete && which(view.mem, original, patched)).toBe('original');
+      }
+      expect(fs.readdirSync(dir)).toEqual(['vm.snap']);
+    });
+  }
+});
+
 describe('disk full', () => {
-  const oneLine = (stderr: string, code: string): void => {
-    expect(stderr.trimEnd().split('\n')).toHaveLength(1);
-    expect(stderr).toMatch(new RegExp(`^ramsnap: ${code}: `));
-  };
   let mnt: string | undefined;
   beforeAll(() => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-tmpfs-'));
@@ -326,9 +417,6 @@ describe('disk full', () => {
     }
   });
 
-  const exec = (cmd: string, args: string[]): Promise<{ code: number; stderr: string }> =>
-    new Promise((resolve) => execFile(cmd, args, (err, _out, stderr) => resolve({ code: err ? Number((err as { code?: number }).code) : 0, stderr })));
-
   it('tmpfs of 8 MiB: the writer fails with IO_ENOSPC, exit 1, nothing at the target, no temp file', async (ctx) => {
     if (!mnt) return ctx.skip();
     const dir = path.join(mnt, 'w');
@@ -336,10 +424,31 @@ describe('disk full', () => {
     const target = path.join(dir, 'big.snap');
     const plan: PlanOptions = { machine: 'pc-q35-10.0', pageSize: PS, blocks: [{ name: 'pc.ram', usedLength: 4096 * PS }] };
     const job: Job = { mode: 'write', target, plan, seed: 1, delayMs: 0 };
-    const r = await exec(process.execPath, [CHILD, JSON.stringify(job)]);
+    const r = await cli([], process.execPath, [CHILD, JSON.stringify(job)]);
     expect(r.code).toBe(1);
     oneLine(r.stderr, 'IO_ENOSPC');
     expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
+  it('tmpfs of 8 MiB: create and convert fail mid-way with IO_ENOSPC, exit 1, nothing left', async (ctx) => {
+    if (!mnt) return ctx.skip();
+    const dir = path.join(mnt, 'c');
+    fs.mkdirSync(dir);
+    // The inputs live elsewhere: only the output fills the tmpfs.
+    const image = path.join(work, 'enospc-image');
+    fs.writeFileSync(image, pageBytes(2560 * PS, 3)); // 10 MiB of non-zero pages
+    const c = await cli(['create', '-o', path.join(dir, 'c.snap'), '--machine', 'pc-q35-10.0', '--ram', `pc.ram=${image}`]);
+    expect(c.code, c.stderr).toBe(1);
+    oneLine(c.stderr, 'IO_ENOSPC');
+    expect(fs.readdirSync(dir)).toEqual([]);
+    const snap = path.join(work, 'enospc-input.snap');
+    expect((await cli(['create', '-o', snap, '--machine', 'pc-q35-10.0', '--ram', `pc.ram=${image}`])).code).toBe(0);
+    for (const to of ['legacy', 'mapped-ram']) {
+      const v = await cli(['convert', snap, '-o', path.join(dir, `${to}.snap`), '--to', to]);
+      expect(v.code).toBe(1);
+      oneLine(v.stderr, 'IO_ENOSPC');
+      expect(fs.readdirSync(dir)).toEqual([]);
+    }
   });
 
   it('tmpfs of 8 MiB: sparsify and patch fail with IO_ENOSPC and leave the file as it was', async (ctx) => {
@@ -353,35 +462,58 @@ describe('disk full', () => {
     writeSynth(file, { blocks: [{ name: 'pc.ram', usedLength: 3072 * PS, pages }] });
     const before = fs.readFileSync(file);
     const memBefore = (await memory(file)).get('pc.ram')!;
-    const s = await exec(process.execPath, [BIN, 'sparsify', file]);
+    const s = await cli(['sparsify', file]);
     expect(s.code).toBe(1);
     oneLine(s.stderr, 'IO_ENOSPC');
     expect(fs.readdirSync(dir)).toEqual(['vm.snap']);
     expect(fs.readFileSync(file).equals(before)).toBe(true);
-    // Patch 3 MiB into the absent pages: the bytes run out of space before any bit is set.
-    const p = await exec(process.execPath, [BIN, 'patch', file, '--block', 'pc.ram', '--at', String(1280 * PS), '--fill', '7', '--length', String(1792 * PS)]);
+    // Patch 7 MiB into the absent pages: their bytes (written before the journal, under clear bits) run out of space.
+    const p = await cli(['patch', file, '--block', 'pc.ram', '--at', String(1280 * PS), '--fill', '7', '--length', String(1792 * PS)]);
     expect(p.code).toBe(1);
     oneLine(p.stderr, 'IO_ENOSPC');
+    expect(fs.readdirSync(dir)).toEqual(['vm.snap']);
     expect((await memory(file)).get('pc.ram')!.equals(memBefore)).toBe(true);
+    // Patch 4 MiB of present pages: the journal holding their new bytes does not fit; the file is not touched.
+    const q = await cli(['patch', file, '--block', 'pc.ram', '--at', '0', '--fill', '9', '--length', String(1024 * PS)]);
+    expect(q.code).toBe(1);
+    oneLine(q.stderr, 'IO_ENOSPC');
+    expect(fs.readdirSync(dir)).toEqual(['vm.snap']);
+    const view = await readerView(file);
+    expect(view.complete && view.mem.get('pc.ram')!.equals(memBefore)).toBe(true);
     const snap = await Snapshot.open(file);
     expect(snap.block('pc.ram').pagesPresent).toBe(1280);
-    expect(Buffer.from(await snap.read('pc.ram', 1280 * PS, 1792 * PS)).every((x) => x === 0)).toBe(true);
     await snap.close();
   });
 
-  it('ulimit -f: sparsify fails with IO_EFBIG, exit 1, original intact, no temp file', async () => {
+  it('ulimit -f: sparsify, create and a patch journal fail with IO_EFBIG, exit 1, nothing left', async () => {
     const dir = path.join(work, 'efbig');
     fs.mkdirSync(dir);
     const file = path.join(dir, 'vm.snap');
     const pages = new Map<number, Uint8Array>();
-    for (let p = 0; p < 64; p += 2) pages.set(p, pageBytes(PS, p + 1));
+    for (let p = 0; p < 512; p++) if (p < 384 || p % 2 === 0) pages.set(p, pageBytes(PS, p + 1));
     writeSynth(file, { blocks: [{ name: 'pc.ram', usedLength: 512 * PS, pages }] });
     const before = fs.readFileSync(file);
-    // 1 MiB limit (1024-byte blocks): the new file cannot even be sized. Node ignores SIGXFSZ, so the write fails with EFBIG.
-    const r = await exec('bash', ['-c', `ulimit -f 1024; exec "${process.execPath}" "${BIN}" sparsify "${file}"`]);
+    const memBefore = await memory(file);
+    // 1 MiB limit (1024-byte blocks). Node ignores SIGXFSZ, so the write fails with EFBIG.
+    const limited = (args: string[]) => cli([], 'bash', ['-c', `ulimit -f 1024; exec "${process.execPath}" "${BIN}" ${args.map((a) => `"${a}"`).join(' ')}`]);
+    const r = await limited(['sparsify', file]);
     expect(r.code).toBe(1);
     oneLine(r.stderr, 'IO_EFBIG');
     expect(fs.readdirSync(dir)).toEqual(['vm.snap']);
     expect(fs.readFileSync(file).equals(before)).toBe(true);
+    const image = path.join(work, 'efbig-image');
+    fs.writeFileSync(image, pageBytes(512 * PS, 4));
+    const c = await limited(['create', '-o', path.join(dir, 'c.snap'), '--machine', 'pc-q35-10.0', '--ram', `pc.ram=${image}`]);
+    expect(c.code).toBe(1);
+    oneLine(c.stderr, 'IO_EFBIG');
+    expect(fs.readdirSync(dir)).toEqual(['vm.snap']);
+    // 1.5 MiB over present pages: the journal passes the limit before the file is touched.
+    const p = await limited(['patch', file, '--block', 'pc.ram', '--at', '0', '--fill', '3', '--length', String(384 * PS)]);
+    expect(p.code).toBe(1);
+    oneLine(p.stderr, 'IO_EFBIG');
+    expect(fs.readdirSync(dir)).toEqual(['vm.snap']);
+    const view = await readerView(file);
+    expect(view.complete && sameMemory(view.mem, memBefore)).toBe(true);
+    expect(fs.readFileSync(file).subarray(0, 4).toString('latin1')).toBe('QEVM');
   });
 });

@@ -225,14 +225,23 @@ describe('policies', () => {
     expect(p({ ...base, pendingBytes: 100 * 2 ** 20 })).toBe('continue');
     expect(p({ ...base, pendingBytes: 1e12, iteration: 10 })).toBe('stop-and-copy');
   });
-  it('downtime: scan + pending / bandwidth under the limit; the budget forces or aborts', () => {
+  it('downtime: scan + pending / bandwidth under the limit, or the copy alone under it; stalls and the budget end it', () => {
     const p = downtimePolicy();
     // 30 MiB at 100 MiB/s = 300 ms.
     expect(p({ ...base, pendingBytes: 30 * 2 ** 20 })).toBe('stop-and-copy');
-    expect(p({ ...base, pendingBytes: 30 * 2 ** 20, scanMs: 1 })).toBe('continue');
     expect(expectedDowntimeMs({ ...base, pendingBytes: 50 * 2 ** 20, scanMs: 200 })).toBeCloseTo(700);
-    expect(p({ ...base, pendingBytes: 1e12, elapsedMs: 60_000 })).toBe('stop-and-copy');
-    expect(downtimePolicy({ onBudget: 'abort', timeBudgetMs: 10 })({ ...base, pendingBytes: 1e12, elapsedMs: 10 })).toBe('abort');
+    // The scan is a floor no pass lowers: once the copying fits, stop.
+    expect(p({ ...base, pendingBytes: 30 * 2 ** 20, scanMs: 5000 })).toBe('stop-and-copy');
+    expect(downtimePolicy()({ ...base, pendingBytes: 31 * 2 ** 20, scanMs: 0 })).toBe('continue');
+    // No progress for 3 passes: stop.
+    const q = downtimePolicy();
+    const big = { ...base, pendingBytes: 500 * 2 ** 20 };
+    expect([q(big), q(big), q(big), q(big)]).toEqual(['continue', 'continue', 'continue', 'stop-and-copy']);
+    const r = downtimePolicy();
+    expect([400, 300, 200, 100].map((m) => r({ ...base, pendingBytes: m * 2 ** 20 }))).toEqual(['continue', 'continue', 'continue', 'continue']);
+    // The budget: force or abort.
+    expect(downtimePolicy({ timeBudgetMs: 10 })({ ...big, elapsedMs: 10 })).toBe('stop-and-copy');
+    expect(downtimePolicy({ onBudget: 'abort', timeBudgetMs: 10 })({ ...big, elapsedMs: 10 })).toBe('abort');
   });
   it('a user policy module: loaded by path; a bad one is refused with BAD_POLICY, a throwing one ends with POLICY_FAILED', async () => {
     const good = path.join(work, 'good.mjs');

@@ -57,38 +57,56 @@ export function thresholdPolicy(o: ThresholdOptions = {}): PrecopyPolicy {
 export interface DowntimeOptions {
   /** The pause this policy aims for, in ms (default 300, QEMU's downtime-limit default). */
   downtimeLimitMs?: number;
-  /** Give up converging after this long (ms, default 60 000)... */
+  /** Give up converging after this long (ms; default: no budget)... */
   timeBudgetMs?: number;
   /** ...and then stop-and-copy anyway ('force', default) or abort. */
   onBudget?: 'abort' | 'force';
   /** Hard cap on passes (default: none). */
   maxIterations?: number;
+  /** Passes in a row without pending bytes shrinking by a tenth, after which more passes are deemed useless (default 3). */
+  stallPasses?: number;
 }
 
 /**
  * QEMU's own rule (migration_iteration_run: switch over once the pending
  * size is below bandwidth x downtime-limit), with the time a pass spends
  * finding dirty pages added: a hashing source scans all memory again while
- * the guest is paused. After the time budget it forces the stop-and-copy
- * or aborts, as management software (libvirt, oVirt) does when QEMU alone
- * would iterate forever.
+ * the guest is paused. That scan is a floor no further pass can lower, so
+ * the policy also stops once the copying alone fits the limit, and when
+ * passes stop making progress (the guest dirties as fast as we copy), where
+ * QEMU would iterate until management software gave up. A time budget
+ * forces the stop-and-copy or aborts.
  */
 export function downtimePolicy(o: DowntimeOptions = {}): PrecopyPolicy {
   const limit = o.downtimeLimitMs ?? 300;
-  const budget = o.timeBudgetMs ?? 60_000;
+  const budget = o.timeBudgetMs ?? Infinity;
   const onBudget = o.onBudget ?? 'force';
   const max = o.maxIterations ?? Infinity;
+  const stallPasses = o.stallPasses ?? 3;
+  let best = Infinity;
+  let stalled = 0;
   return (s) => {
-    if (expectedDowntimeMs(s) <= limit) return 'stop-and-copy';
+    if (expectedDowntimeMs(s) <= limit || copyMs(s) <= limit) return 'stop-and-copy';
     if (s.elapsedMs >= budget) return onBudget === 'force' ? 'stop-and-copy' : 'abort';
+    if (s.pendingBytes < best * 0.9) {
+      best = s.pendingBytes;
+      stalled = 0;
+    } else if (++stalled >= stallPasses) {
+      return 'stop-and-copy';
+    }
     return s.iteration >= max ? 'stop-and-copy' : 'continue';
   };
 }
 
+/** Milliseconds to write the pending bytes at the measured bandwidth. */
+function copyMs(s: PrecopyStats): number {
+  if (s.pendingBytes === 0 || s.bandwidth === Infinity) return 0;
+  return s.bandwidth > 0 ? (s.pendingBytes / s.bandwidth) * 1000 : Infinity;
+}
+
 /** The pause a stop-and-copy would take now: the scan plus the pending bytes at the measured bandwidth. */
 export function expectedDowntimeMs(s: PrecopyStats): number {
-  const copy = s.bandwidth > 0 && Number.isFinite(s.bandwidth) ? (s.pendingBytes / s.bandwidth) * 1000 : s.pendingBytes > 0 ? Infinity : 0;
-  return s.scanMs + copy;
+  return s.scanMs + copyMs(s);
 }
 
 export const BUILTIN_POLICIES = ['classic', 'threshold', 'downtime'] as const;

@@ -102,11 +102,18 @@ export function cli(args: string[], cmd = process.execPath, cmdArgs?: string[]):
   );
 }
 
-/** One line on stderr, `ramsnap: CODE: ...`: the code, or undefined when the shape is wrong. */
+/** Notices a writer may print before its result (a stale lock taken over, temporary files cleaned, a journal settled). */
+const NOTICE = /^ramsnap: (took over the lock of |removed stale temporary file |temporary file .* belongs to running pid |cannot remove stale temporary file |completed the interrupted patch of |removed the journal of a patch of )/;
+
+/**
+ * The error line on stderr, `ramsnap: CODE: ...`: its code, or undefined
+ * when stderr is not exactly that one line after any notices.
+ */
 export function errorCode(stderr: string): string | undefined {
   const lines = stderr.trimEnd().split('\n');
-  if (lines.length !== 1) return undefined;
-  return /^ramsnap: ([A-Z0-9_]+): /.exec(lines[0])?.[1];
+  const last = lines.pop() as string;
+  if (!lines.every((l) => NOTICE.test(l))) return undefined;
+  return /^ramsnap: ([A-Z0-9_]+): /.exec(last)?.[1];
 }
 
 /** Runs tasks a few at a time (the machine has two cores). */

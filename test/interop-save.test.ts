@@ -148,6 +148,32 @@ describe.skipIf(!HAVE_QEMU)('ramsnap save against a dirtying QEMU 10 guest', () 
     expect(((await g.qemu.cmd('query-status')) as { status: string }).status).toBe('running');
   }, 120_000);
 
+  it('SIGKILL during the passes: nothing at the target, the guest runs on; the next save removes the leftovers and succeeds', async () => {
+    const { g, sock } = await start('kill');
+    const out = path.join(work, 'kill.snap');
+    const killed = await new Promise<string>((resolve) => {
+      // A slow save (2 MiB/s, many passes) so the kill lands inside a pass.
+      const child = spawn('node', [BIN, 'save', '--qmp', sock, '-o', out, '--policy', 'classic', '--max-bandwidth', '2M']);
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (/^guest /m.test(stderr) && !child.killed) setTimeout(() => child.kill('SIGKILL'), 300);
+      });
+      child.on('close', () => resolve(stderr));
+    });
+    expect(killed).not.toMatch(/guest paused/);
+    expect(fs.existsSync(out)).toBe(false);
+    const left = fs.readdirSync(work).filter((f) => f.startsWith('.kill.snap'));
+    expect(left.length).toBeGreaterThan(0); // the temporary file and the lock of the killed process
+    expect(((await g.qemu.cmd('query-status')) as { status: string }).status).toBe('running');
+
+    const again = spawnSync('node', [BIN, 'save', '--qmp', sock, '-o', out, '--max-bandwidth', '0', '-q'], { encoding: 'utf8' });
+    expect(again.status).toBe(0);
+    expect(again.stderr).toMatch(/removed stale temporary file/);
+    expect(fs.readdirSync(work).filter((f) => f.startsWith('.kill.snap'))).toEqual([]);
+    expect(spawnSync('node', [BIN, 'verify', out], { encoding: 'utf8' }).status).toBe(0);
+  }, 120_000);
+
   it('a policy that aborts: nothing at the target, no temporary file, the guest runs on, capabilities restored', async () => {
     const { g, sock } = await start('abort');
     const out = path.join(work, 'abort.snap');

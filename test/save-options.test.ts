@@ -69,7 +69,7 @@ describe('defaults', () => {
     });
     // ramsnap's own: it writes mapped-ram and leaves shared RAM out of QEMU's tail.
     expect(d.capabilities).toEqual({ 'mapped-ram': true, multifd: false, 'x-ignore-shared': true, xbzrle: false, 'postcopy-ram': false, compress: false });
-    expect(d.precopy).toEqual({ policy: 'classic', threshold: 100 * 1024 * 1024, 'max-iterations': 30, 'time-budget': 0, 'on-budget': 'abort' });
+    expect(d.precopy).toEqual({ policy: 'downtime', threshold: 100 * 1024 * 1024, 'max-iterations': 30, 'time-budget': 0, 'on-budget': 'abort' });
   });
 
   it('pass their own check; an empty object means the defaults', () => {

@@ -18,6 +18,7 @@
  * file with x-ignore-shared in its configuration only restores where the
  * shared RAM is.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Configuration } from '../format/configuration.js';
@@ -197,7 +198,8 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
   let paused = false;
   let wasRunning = false;
   let saved: Settings | undefined;
-  const tailPath = path.join(path.dirname(path.resolve(o.output)), `.${path.basename(o.output)}${TEMP_MARK}${process.pid}-qemu`);
+  // Named like the writer's temporary file, so a killed save's leftover is removed by the next writer of the target.
+  const tailPath = path.join(path.dirname(path.resolve(o.output)), `.${path.basename(o.output)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
   try {
     const d = await discover(qmp, o);
     wasRunning = d.running;

@@ -122,7 +122,7 @@ export function defaultSaveOptions(): SaveOptions {
       'x-checkpoint-delay': QEMU_DEFAULT_X_CHECKPOINT_DELAY,
     },
     precopy: {
-      policy: 'classic',
+      policy: 'downtime',
       threshold: DEFAULT_PRECOPY_THRESHOLD,
       'max-iterations': DEFAULT_MAX_ITERATIONS,
       'time-budget': 0,

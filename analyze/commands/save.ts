@@ -34,7 +34,7 @@ export function builder(y: Argv): Argv<SaveArgs> {
       .option('force', { type: 'boolean', describe: 'replace an existing output file' })
       .option('json', { type: 'boolean', describe: 'print the result as JSON' })
       .option('quiet', { alias: 'q', type: 'boolean', describe: 'no line per pass on stderr' })
-      .example('$0 save --qmp /run/vm.qmp -o vm.snap', 'save with the classic policy, then let the guest run on')
+      .example('$0 save --qmp /run/vm.qmp -o vm.snap', 'save with the downtime policy (the default), then let the guest run on')
       .example('$0 save --qmp /run/vm.qmp -o vm.snap --policy downtime --downtime-limit 100 --then quit', 'aim for a 100 ms pause, then stop QEMU'),
   ) as unknown as Argv<SaveArgs>;
 }

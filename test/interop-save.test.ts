@@ -5,7 +5,9 @@
  * without the shared file restores the snapshot, and its pmemsave equals
  * the source's memory at the pause byte for byte. The file's RAM part is
  * laid out exactly as QEMU's own one-pass mapped-ram save of the same guest
- * (same blocks at the same offsets): passes never make it grow.
+ * (same blocks at the same offsets), and the file is exactly as large as a
+ * one-pass save of the same memory: passes never make it grow. Also: the
+ * CLI, SIGKILL, SIGINT, an aborting policy, and bad sockets and flags.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
@@ -121,8 +123,14 @@ describe.skipIf(!HAVE_QEMU)('ramsnap save against a dirtying QEMU 10 guest', () 
       const theirs = fs.statSync(qemuFile).size;
       // Only the stream tail differs: QEMU writes a variable number of empty RAM part sections.
       expect(Math.abs(ours - theirs)).toBeLessThan(4096);
-      fs.rmSync(qemuFile);
-      fs.rmSync(out);
+      // And exactly the size of a one-pass save of the same memory: ramsnap create over the same template.
+      const memFile = path.join(work, `${policy}.mem`);
+      fs.writeFileSync(memFile, atPause);
+      const onePass = path.join(work, `${policy}.one.snap`);
+      const c = spawnSync('node', [BIN, 'create', '-o', onePass, '--template', out, '--ram', `pc.ram=${memFile}`], { encoding: 'utf8' });
+      expect(c.stderr).toBe('');
+      expect(ours).toBe(fs.statSync(onePass).size);
+      for (const f of [qemuFile, out, memFile, onePass]) fs.rmSync(f);
     }, 120_000);
   }
 
@@ -172,6 +180,28 @@ describe.skipIf(!HAVE_QEMU)('ramsnap save against a dirtying QEMU 10 guest', () 
     expect(again.stderr).toMatch(/removed stale temporary file/);
     expect(fs.readdirSync(work).filter((f) => f.startsWith('.kill.snap'))).toEqual([]);
     expect(spawnSync('node', [BIN, 'verify', out], { encoding: 'utf8' }).status).toBe(0);
+  }, 120_000);
+
+  it('SIGINT: one line SAVE_ABORTED, exit 1, nothing at the target, no temporary file, the guest runs on', async () => {
+    const { g, sock } = await start('sigint');
+    const out = path.join(work, 'sigint.snap');
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const child = spawn('node', [BIN, 'save', '--qmp', sock, '-o', out, '--max-bandwidth', '2M']);
+      let stderr = '';
+      let sent = false;
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (!sent && /^guest /m.test(stderr)) {
+          sent = true;
+          setTimeout(() => child.kill('SIGINT'), 300);
+        }
+      });
+      child.on('close', (code) => resolve({ code, stderr }));
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n').pop()).toBe('ramsnap: SAVE_ABORTED: the save was interrupted; nothing was left at the target');
+    expect(fs.readdirSync(work).filter((f) => f.startsWith('.sigint.snap') || f === 'sigint.snap')).toEqual([]);
+    expect(((await g.qemu.cmd('query-status')) as { status: string }).status).toBe('running');
   }, 120_000);
 
   it('a policy that aborts: nothing at the target, no temporary file, the guest runs on, capabilities restored', async () => {

@@ -36,6 +36,8 @@ export function rng(seed: number): () => number {
 export interface ChildRun {
   /** Phases the child announced, in order; after a kill, the last is where it was. */
   phases: string[];
+  /** When each phase was first announced, in ms after the spawn. */
+  phaseAt: Record<string, number>;
   pid: number;
   signal: NodeJS.Signals | null;
   code: number | null;
@@ -54,6 +56,7 @@ export function runChild(job: Job, at?: string, delay = Infinity): Promise<Child
     const t0 = Date.now();
     const child = spawn(process.execPath, [CHILD, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'pipe'] });
     const phases: string[] = [];
+    const phaseAt: Record<string, number> = {};
     let buf = '';
     let stdout = '';
     let armed = false;
@@ -75,13 +78,14 @@ export function runChild(job: Job, at?: string, delay = Infinity): Promise<Child
         }
         const name = p.slice(7);
         phases.push(name);
+        phaseAt[name] ??= Date.now() - t0;
         if (name === at) arm();
       }
     });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ phases, pid: child.pid as number, signal, code, stdout, stderr, ms: Date.now() - t0 }));
+    child.on('close', (code, signal) => resolve({ phases, phaseAt, pid: child.pid as number, signal, code, stdout, stderr, ms: Date.now() - t0 }));
   });
 }
 

@@ -38,6 +38,8 @@ export interface ChildRun {
   phases: string[];
   /** When each phase was first announced, in ms after the spawn. */
   phaseAt: Record<string, number>;
+  /** Writes per phase, when the child got to exit by itself. */
+  writes: Record<string, number>;
   pid: number;
   signal: NodeJS.Signals | null;
   code: number | null;
@@ -51,12 +53,13 @@ export interface ChildRun {
  * (after it starts when `at` is undefined; never when `delay` is
  * Infinity). Resolves however the child ends.
  */
-export function runChild(job: Job, at?: string, delay = Infinity): Promise<ChildRun> {
+export function runChild(job: Job, at?: string, delay = Infinity, onPhase?: (name: string) => void): Promise<ChildRun> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, [CHILD, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'pipe'] });
     const phases: string[] = [];
     const phaseAt: Record<string, number> = {};
+    let writes: Record<string, number> = {};
     let buf = '';
     let stdout = '';
     let armed = false;
@@ -72,6 +75,10 @@ export function runChild(job: Job, at?: string, delay = Infinity): Promise<Child
       while ((nl = buf.indexOf('\n')) >= 0) {
         const p = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
+        if (p.startsWith('@writes ')) {
+          writes = JSON.parse(p.slice(8)) as Record<string, number>;
+          continue;
+        }
         if (!p.startsWith('@phase ')) {
           stdout += `${p}\n`; // the command's own output
           continue;
@@ -79,13 +86,14 @@ export function runChild(job: Job, at?: string, delay = Infinity): Promise<Child
         const name = p.slice(7);
         phases.push(name);
         phaseAt[name] ??= Date.now() - t0;
+        onPhase?.(name);
         if (name === at) arm();
       }
     });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ phases, phaseAt, pid: child.pid as number, signal, code, stdout, stderr, ms: Date.now() - t0 }));
+    child.on('close', (code, signal) => resolve({ phases, phaseAt, writes, pid: child.pid as number, signal, code, stdout, stderr, ms: Date.now() - t0 }));
   });
 }
 

@@ -15,7 +15,8 @@
  *     to a patch journal are `journal`, and fsyncs, renames, unlinks and
  *     the lock have their own names;
  *   - with `fail`, the n-th write of a phase fails with the given errno
- *     instead of happening (an in-process fault-injecting disk).
+ *     instead of happening (an in-process fault-injecting disk);
+ *   - at exit, the number of writes per phase is printed as `@writes {...}`.
  * The wrappers replace properties of the `fs` module object, which the
  * writer's FileSink, TempFile, lock and journal look up at call time;
  * nothing in the library is changed for the test.
@@ -73,6 +74,8 @@ function spin(ms: number): void {
 
 /** Paths of the descriptors the code under test opened, to tell a journal from the file it patches. */
 const fdPaths = new Map<number, string>();
+/** Writes per phase, printed as `@writes {...}` when the process exits (the fault runner picks the n-th write to fail from these). */
+const writes = new Map<string, number>();
 const seen = new Set<string>();
 
 /** Wraps fs so each write is classified by file and offset into `regions`, delayed, and maybe failed. */
@@ -88,6 +91,7 @@ function instrument(regions: () => Region[], delayMs: number, fail?: Fault): voi
     return r ?? 'write';
   };
   let failed = 0;
+  process.on('exit', () => fs.writeSync(1, `@writes ${JSON.stringify(Object.fromEntries(writes))}\n`));
   const openSync = fs.openSync;
   (fs as unknown as Record<string, unknown>).openSync = (...a: unknown[]): number => {
     const p = String(a[0]);
@@ -100,6 +104,7 @@ function instrument(regions: () => Region[], delayMs: number, fail?: Fault): voi
   (fs as unknown as Record<string, unknown>).write = (...a: unknown[]): void => {
     const p = classify(Number(a[0]), Number(a[4]));
     phase(p);
+    writes.set(p, (writes.get(p) ?? 0) + 1);
     const cb = a[a.length - 1] as (err: NodeJS.ErrnoException | null, n?: number) => void;
     if (fail && p === fail.phase && ++failed === fail.nth) {
       const err = Object.assign(new Error(`${fail.errno}: injected fault, write`), { code: fail.errno, errno: fail.errno === 'EIO' ? -5 : -28, syscall: 'write' });

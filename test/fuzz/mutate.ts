@@ -133,8 +133,10 @@ function editVmdesc(img: SparseImage, offset: number, edit: JsonEdit): void {
     } catch {
       return;
     }
-    doc = editJson(doc, edit);
-    out = Buffer.from(JSON.stringify(doc) ?? 'null', 'utf8');
+    // A nested struct is spliced in as text: JSON.stringify recurses, and the nesting is deeper than its stack.
+    const nested = edit.action === 'nest' ? nestedFields(Number(edit.value)) : undefined;
+    doc = editJson(doc, nested === undefined ? edit : { ...edit, action: 'set', value: NESTED_PLACEHOLDER });
+    out = Buffer.from((JSON.stringify(doc) ?? 'null').replace(JSON.stringify(NESTED_PLACEHOLDER), () => nested ?? ''), 'utf8');
   }
   img.resize(offset + 5);
   const head = new Uint8Array(5);
@@ -165,15 +167,20 @@ function editJson(doc: unknown, e: JsonEdit): unknown {
     case 'dup':
       if (Array.isArray(p) && typeof key === 'number' && key < p.length) p.splice(key, 0, structuredClone(p[key]));
       break;
-    case 'nest': {
-      // A struct field nested `value` levels deep.
-      let inner: Record<string, unknown> = { vmsd_name: 'leaf', version: 1, fields: [{ name: 'x', type: 'uint8', size: 1 }] };
-      for (let i = 0; i < Number(e.value); i++) inner = { vmsd_name: `n${i}`, version: 1, fields: [{ name: `s${i}`, type: 'struct', size: 0, struct: inner }] };
-      p[key] = inner.fields;
+    case 'nest':
+      // Handled as text by editVmdesc.
       break;
-    }
   }
   return doc;
+}
+
+const NESTED_PLACEHOLDER = '\u0000nested\u0000';
+
+/** The JSON text of a fields list whose one struct field nests `depth` levels deep. */
+function nestedFields(depth: number): string {
+  let s = '[{"name":"x","type":"uint8","size":1}]';
+  for (let i = depth - 1; i >= 0; i--) s = `[{"name":"s${i}","type":"struct","size":0,"struct":{"vmsd_name":"n${i}","version":1,"fields":${s}}}]`;
+  return s;
 }
 
 // ---------------------------------------------------------------------------
@@ -389,7 +396,7 @@ function vmdescOp(m: FixtureMap): fc.Arbitrary<Op> | undefined {
     field.map((p) => ed(p, 'delete', undefined, 'field deleted')),
     field.map((p) => ed(p, 'dup', undefined, 'field duplicated')),
     fc.tuple(dev, fc.constantFrom<unknown>(undefined, null, {}, 'x', [null])).map(([d, x]) => ed(['devices', d, 'fields'], 'set', x, `fields = ${JSON.stringify(x)}`)),
-    fc.tuple(dev, fc.constantFrom(65, 200)).map(([d, n]) => ed(['devices', d, 'fields'], 'nest', n, `fields nested ${n} deep`)),
+    fc.tuple(dev, fc.constantFrom(65, 200, 3000, 20_000)).map(([d, n]) => ed(['devices', d, 'fields'], 'nest', n, `fields nested ${n} deep`)),
     fc.tuple(dev, fc.constantFrom<unknown>([{ vmsd_name: 'sub', version: 1, fields: [] }], [null], 'x', [{ vmsd_name: 'sub', version: 1 }])).map(([d, x]) => ed(['devices', d, 'subsections'], 'set', x, `subsections = ${JSON.stringify(x)}`)),
     fc.tuple(dev, fc.constantFrom(...HOSTILE_NAMES)).map(([d, x]) => ed(['devices', d, 'name'], 'set', x, `device name = ${JSON.stringify(x)}`)),
     fc.tuple(dev, fc.constantFrom<unknown>(-1, 1.5, '0', 2 ** 53, null)).map(([d, x]) => ed(['devices', d, 'instance_id'], 'set', x, `instance_id = ${JSON.stringify(x)}`)),

@@ -192,6 +192,7 @@ async function main(): Promise<number> {
       if (outcome.result) {
         record(recipe, outcome.result);
       } else if (outcome.harness) {
+        await w.terminate();
         throw new Error(`harness error on ${JSON.stringify(recipe)}:\n${outcome.harness}`);
       } else {
         await w.terminate();

@@ -43,6 +43,13 @@ export interface VmDescription {
 
 /** The JSON is at most this long; QEMU's are tens of KiB (analyze-migration.py looks at the last 10 MiB). */
 export const MAX_VMDESC = 16 << 20;
+/**
+ * Nesting of objects and lists in the JSON. A struct field is four levels
+ * (struct, fields, field, struct) and device state is decoded 64 structs
+ * deep (format/vmstate.ts), so 512 leaves room; real descriptions are under
+ * 20 levels.
+ */
+export const MAX_VMDESC_DEPTH = 512;
 
 /**
  * Finds the description's header in `chunk` (file bytes from `base`): the
@@ -71,6 +78,15 @@ export function parseVmDescription(json: Uint8Array, offset: number): VmDescript
       offset,
     });
   }
+  // Checked before anything walks it recursively (checkStruct here, dump --desc's printer): a deeply nested
+  // description overflowed the stack, a RangeError instead of a format error.
+  if (jsonDepth(raw) > MAX_VMDESC_DEPTH) {
+    throw new RamsnapFormatError(FormatCode.BAD_DEVICE_DESCRIPTION, `device description nests deeper than ${MAX_VMDESC_DEPTH} levels`, {
+      field: 'vmdescription',
+      offset,
+      expected: `<= ${MAX_VMDESC_DEPTH} levels`,
+    });
+  }
   if (typeof raw !== 'object' || raw === null || !Array.isArray((raw as { devices?: unknown }).devices)) {
     throw new RamsnapFormatError(FormatCode.BAD_DEVICE_DESCRIPTION, 'device description has no "devices" list', {
       field: 'vmdescription.devices',
@@ -82,6 +98,20 @@ export function parseVmDescription(json: Uint8Array, offset: number): VmDescript
   devices.forEach((d, i) => checkStruct(d, `vmdescription.devices[${i}]`, offset, true));
   const pageSize = typeof r.page_size === 'number' ? r.page_size : undefined;
   return { page_size: pageSize, devices: devices as VmDevice[], raw: r };
+}
+
+/** Nesting of objects and lists, counted without recursion (the value can be nested far deeper than the stack). */
+function jsonDepth(root: unknown): number {
+  let max = 0;
+  const stack: [unknown, number][] = [[root, 1]];
+  while (stack.length) {
+    const [v, d] = stack.pop() as [unknown, number];
+    if (typeof v !== 'object' || v === null) continue;
+    if (d > max) max = d;
+    if (max > MAX_VMDESC_DEPTH) return max;
+    for (const x of Array.isArray(v) ? v : Object.values(v)) if (typeof x === 'object' && x !== null) stack.push([x, d + 1]);
+  }
+  return max;
 }
 
 function checkStruct(s: unknown, field: string, offset: number, device: boolean): void {

@@ -74,6 +74,27 @@ describe('regressions found by the fuzzer', () => {
     expect(Buffer.byteLength(path.basename(long!.path))).toBeLessThanOrEqual(255);
     expect(fs.statSync(long!.path).size).toBe(s.map.blocks.find((b) => b.name === 'pc.ram')?.usedLength);
   });
+
+  it('a device description nested 20 000 levels deep is BAD_DEVICE_DESCRIPTION from every command (was a stack overflow: exit 70)', async () => {
+    const { file } = await mutated('q35-mapped-ram', (s) => [
+      { op: 'vmdesc', offset: s.map.vmdesc!.offset, edit: { path: ['devices', 3, 'fields'], action: 'nest', value: 20_000 }, why: 'fields nested 20 000 deep' },
+    ]);
+    await expect(Snapshot.open(file)).rejects.toMatchObject({ code: 'BAD_DEVICE_DESCRIPTION', field: 'vmdescription' });
+    for (const argv of [['info', file], ['verify', file], ['dump', '--desc', file], ['dump', '--state', file], ['extract', file, '-o', freshDir('deep')]]) {
+      const r = await cliInProcess(argv);
+      expectNoCrash(r);
+      expect(r.exit, argv.join(' ')).toBe(1);
+      expect(r.stderr).toMatch(/^ramsnap: BAD_DEVICE_DESCRIPTION: device description nests deeper than 512 levels/);
+    }
+    // Within the bound, dump --desc prints it (its printer recurses once per level): lists 500 deep under a key of its own.
+    let deep: unknown[] = [];
+    for (let i = 0; i < 498; i++) deep = [deep];
+    const { file: ok } = await mutated('q35-mapped-ram', (s) => [{ op: 'vmdesc', offset: s.map.vmdesc!.offset, edit: { path: ['x'], action: 'set', value: deep }, why: 'lists 500 deep' }]);
+    const r = await cliInProcess(['dump', '--desc', ok]);
+    expectNoCrash(r);
+    expect(r.exit).toBe(0);
+    expect(JSON.parse(r.stdout).x).toEqual(deep);
+  });
 });
 
 describe('regressions found by constructing what the fuzzer cannot reach', () => {

@@ -35,19 +35,32 @@ const UNSIGNED = new Set(['uint8', 'uint16', 'uint32', 'uint32 equal', 'uint64']
 const NULL_PTR_MARKER = 0x30;
 /** Nesting of structs in a description; real ones are a few levels deep. */
 const MAX_DEPTH = 64;
-/** Values decoded for one section: bounds a description with huge array_len and size 0. */
-const MAX_VALUES = 4_000_000;
+/**
+ * Values decoded in all the device sections of a stream. Bounds a
+ * description with a huge array_len of size-0 fields: such a field costs
+ * no bytes, so a file of many small sections naming that device took time
+ * (and, building values, memory) multiplied by the number of sections:
+ * ten of them took 6 s to open, and dump --state of ten ran out of memory.
+ * Real streams have tens of thousands.
+ */
+export const MAX_VALUES = 4_000_000;
+
+/** Values decoded so far; one per stream, shared by its sections. */
+export interface ValueBudget {
+  values: number;
+}
 
 interface DecodeState {
-  values: number;
+  budget: ValueBudget;
   section: string;
   /** Build the values; false only measures and checks the section (a walk that just needs its length). */
   build: boolean;
 }
 
-export function decodeDeviceState(c: ByteCursor, dev: VmStruct & { name?: string }, versionId: number): StateMap {
+/** `budget` counts values across calls (a stream's sections); without one, the limit is per call. */
+export function decodeDeviceState(c: ByteCursor, dev: VmStruct & { name?: string }, versionId: number, budget: ValueBudget = { values: 0 }): StateMap {
   void versionId; // The description already matches the version QEMU wrote.
-  const state: DecodeState = { values: 0, section: dev.name ?? dev.vmsd_name, build: true };
+  const state: DecodeState = { budget, section: dev.name ?? dev.vmsd_name, build: true };
   return decodeStruct(c, dev, state.section, 0, state);
 }
 
@@ -57,8 +70,8 @@ export function decodeDeviceState(c: ByteCursor, dev: VmStruct & { name?: string
  * where each section ends, and formatting every register costs more than
  * the rest of the walk.
  */
-export function skipDeviceState(c: ByteCursor, dev: VmStruct & { name?: string }): void {
-  decodeStruct(c, dev, dev.name ?? dev.vmsd_name, 0, { values: 0, section: dev.name ?? dev.vmsd_name, build: false });
+export function skipDeviceState(c: ByteCursor, dev: VmStruct & { name?: string }, budget: ValueBudget = { values: 0 }): void {
+  decodeStruct(c, dev, dev.name ?? dev.vmsd_name, 0, { budget, section: dev.name ?? dev.vmsd_name, build: false });
 }
 
 const EMPTY: StateMap = new Map();
@@ -74,8 +87,8 @@ function decodeStruct(c: ByteCursor, s: VmStruct, path: string, depth: number, s
   for (const f of s.fields) {
     const n = f.array_len ?? 1;
     for (let i = 0; i < n; i++) {
-      if (++st.values > MAX_VALUES) {
-        throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'device section has too many values', {
+      if (++st.budget.values > MAX_VALUES) {
+        throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'device state has too many values', {
           field: `${path}.${f.name}`,
           offset: c.pos,
           expected: `<= ${MAX_VALUES}`,

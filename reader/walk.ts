@@ -33,7 +33,7 @@ import {
   decodeSectionStart,
 } from '../format/section.js';
 import { MAX_VMDESC, findDevice, locateVmDescription, parseVmDescription } from '../format/vmdesc.js';
-import { decodeDeviceState, skipDeviceState } from '../format/vmstate.js';
+import { decodeDeviceState, skipDeviceState, type ValueBudget } from '../format/vmstate.js';
 import type { RamBlock, SectionRecord, SnapshotModel } from './model.js';
 import type { RandomAccessSource } from './source.js';
 import { StreamReader } from './stream-reader.js';
@@ -108,6 +108,8 @@ class Walker {
   private lastBlock: RamBlock | undefined;
   private bitmapMemory = 0;
   private legacyRuns = 0;
+  /** Device-state values decoded in all sections (format/vmstate.ts MAX_VALUES). */
+  private deviceValues: ValueBudget = { values: 0 };
   private ignoreShared = false;
   /** Intervals of the file that hold something, for the overlap rule. */
   private regions: { start: number; end: number; what: string }[] = [];
@@ -361,8 +363,8 @@ class Walker {
     const c = await r.cursor(Math.max(0, Math.min(MAX_DEVICE_SECTION, available)));
     let value;
     try {
-      if (this.opts.decodeDevices) value = decodeDeviceState(c, dev, rec.versionId);
-      else skipDeviceState(c, dev);
+      if (this.opts.decodeDevices) value = decodeDeviceState(c, dev, rec.versionId, this.deviceValues);
+      else skipDeviceState(c, dev, this.deviceValues);
     } catch (err) {
       if (err instanceof RamsnapFormatError && err.code === FormatCode.TRUNCATED) {
         // The description is after EOF: running into it means the fields do not match the section.

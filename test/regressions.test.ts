@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { RamFlag } from '../format/constants.js';
+import { RamFlag, Section } from '../format/constants.js';
 import { RamsnapError } from '../format/errors.js';
 import { LegacyIndex } from '../format/legacy-index.js';
 import { Snapshot } from '../reader/snapshot.js';
@@ -171,4 +171,44 @@ describe('regressions found by constructing what the fuzzer cannot reach', () =>
       { numRuns: 20 },
     );
   });
+
+  it('device state: values count across all sections, so many sections of a device with 3.9 M size-0 values are LIMIT_EXCEEDED (was 0.6 s per section, and dump --state ran out of memory)', async () => {
+    // q35-mapped-ram with a device "fuzzdev" added to the description (one uint8 field of size 0, array_len 3 900 000)
+    // and `sections` empty FULL sections of it inserted before EOF, each with an id of its own.
+    const build = (sections: number) =>
+      mutated('q35-mapped-ram', (s) => {
+        const eof = s.map.fields.find((f) => f.label === 'eof')?.at as number;
+        const name = Buffer.from('fuzzdev', 'latin1');
+        const one = (id: number): Buffer => {
+          const b = Buffer.alloc(1 + 4 + 1 + name.length + 8 + 5);
+          let at = b.writeUInt8(Section.FULL, 0);
+          at = b.writeUInt32BE(1000 + id, at);
+          at = b.writeUInt8(name.length, at);
+          at += name.copy(b, at);
+          at = b.writeUInt32BE(0, at); // instance
+          at = b.writeUInt32BE(1, at); // version; no body: every field is size 0
+          at = b.writeUInt8(Section.FOOTER, at);
+          b.writeUInt32BE(1000 + id, at);
+          return b;
+        };
+        const ins = Buffer.concat(Array.from({ length: sections }, (_, i) => one(i)));
+        const device = { name: 'fuzzdev', instance_id: 0, vmsd_name: 'fuzzdev', version: 1, fields: [{ name: 'z', type: 'uint8', size: 0, array_len: 3_900_000 }] };
+        return [
+          { op: 'splice', at: eof, remove: 0, hex: ins.toString('hex'), why: `${sections} fuzzdev sections` },
+          { op: 'vmdesc', offset: s.map.vmdesc!.offset + ins.length, edit: { path: ['devices', s.map.vmdescShape!.fields.length], action: 'set', value: device }, why: 'fuzzdev described' },
+        ];
+      });
+    // One such section is within the bound.
+    const single = await Snapshot.open((await build(1)).file);
+    expect(single.model.devices.some((d) => d.section.name === 'fuzzdev')).toBe(true);
+    await single.close();
+    const { file } = await build(10);
+    const t0 = performance.now();
+    await expect(Snapshot.open(file)).rejects.toMatchObject({ code: 'LIMIT_EXCEEDED', field: 'fuzzdev.z' });
+    expect(performance.now() - t0).toBeLessThan(10_000);
+    const r = await cliInProcess(['dump', '--state', file]);
+    expectNoCrash(r);
+    expect(r.exit).toBe(1);
+    expect(r.stderr).toMatch(/^ramsnap: LIMIT_EXCEEDED: device state has too many values/);
+  }, 120_000);
 });

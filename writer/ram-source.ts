@@ -221,59 +221,60 @@ interface ScanSetup {
 }
 
 /**
- * The body of a scan thread. It runs from its source text (eval), with
- * hashPage's source put before it, so the thread needs no file of its own
- * (the same code serves the built package and the tests run from source).
+ * The body of a scan thread, as source text run with `eval`: hashPage's own
+ * source is put before it, so the thread needs no file of its own (the
+ * built package, a bundle and the tests run from source all work) and the
+ * hash exists once. It is plain JavaScript in a string so no compiler or
+ * bundler rewrites its `require` calls.
  */
-function scanThreadMain(): void {
-  const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
-  const fsync = require('node:fs') as typeof import('node:fs');
-  const setup = workerData as Required<ScanSetup>;
-  const fds = setup.blocks.map((b) => fsync.openSync(b.path, 'r'));
-  const hashes = setup.blocks.map((b) => new Uint32Array(b.hashes));
-  const buf = new Uint8Array(setup.buffer);
-  const words = new Uint32Array(setup.buffer);
-  const wordsPerPage = setup.pageSize / 4;
-  const now = new Uint32Array(2);
-  parentPort?.on('message', (job: ScanJob | null) => {
-    if (job === null) {
-      for (const fd of fds) fsync.closeSync(fd);
-      parentPort.close();
-      return;
+const SCAN_THREAD_MAIN = `
+const { parentPort, workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const setup = workerData;
+const fds = setup.blocks.map((b) => fs.openSync(b.path, 'r'));
+const hashes = setup.blocks.map((b) => new Uint32Array(b.hashes));
+const buf = new Uint8Array(setup.buffer);
+const words = new Uint32Array(setup.buffer);
+const wordsPerPage = setup.pageSize / 4;
+const now = new Uint32Array(2);
+parentPort.on('message', (job) => {
+  if (job === null) {
+    for (const fd of fds) fs.closeSync(fd);
+    parentPort.close();
+    return;
+  }
+  try {
+    const length = job.count * setup.pageSize;
+    const position = setup.blocks[job.block].offset + job.first * setup.pageSize;
+    for (let done = 0; done < length; ) {
+      const got = fs.readSync(fds[job.block], buf, done, length - done, position + done);
+      if (got === 0) throw Object.assign(new Error('ended at ' + (position + done)), { code: 'SHORT' });
+      done += got;
     }
-    try {
-      const length = job.count * setup.pageSize;
-      const position = setup.blocks[job.block].offset + job.first * setup.pageSize;
-      for (let done = 0; done < length; ) {
-        const got = fsync.readSync(fds[job.block], buf, done, length - done, position + done);
-        if (got === 0) throw Object.assign(new Error(`ended at ${position + done}`), { code: 'SHORT' });
-        done += got;
+    const h = hashes[job.block];
+    const runs = [];
+    let runStart = -1;
+    for (let p = 0; p < job.count; p++) {
+      hashPage(words, p * wordsPerPage, wordsPerPage, now);
+      const k = (job.first + p) * 2;
+      if (h[k] !== now[0] || h[k + 1] !== now[1]) {
+        h[k] = now[0];
+        h[k + 1] = now[1];
+        if (runStart < 0) runStart = p;
+      } else if (runStart >= 0) {
+        runs.push(runStart, p);
+        runStart = -1;
       }
-      const h = hashes[job.block];
-      const runs: number[] = [];
-      let runStart = -1;
-      for (let p = 0; p < job.count; p++) {
-        hashPage(words, p * wordsPerPage, wordsPerPage, now);
-        const k = (job.first + p) * 2;
-        if (h[k] !== now[0] || h[k + 1] !== now[1]) {
-          h[k] = now[0];
-          h[k + 1] = now[1];
-          if (runStart < 0) runStart = p;
-        } else if (runStart >= 0) {
-          runs.push(runStart, p);
-          runStart = -1;
-        }
-      }
-      if (runStart >= 0) runs.push(runStart, job.count);
-      parentPort.postMessage({ runs });
-    } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      parentPort.postMessage({ error: { code: e.code ?? 'EIO', message: e.message } });
     }
-  });
-}
+    if (runStart >= 0) runs.push(runStart, job.count);
+    parentPort.postMessage({ runs });
+  } catch (err) {
+    parentPort.postMessage({ error: { code: err.code || 'EIO', message: err.message } });
+  }
+});
+`;
 
-const SCAN_THREAD_SOURCE = `${hashPage.toString()}\n(${scanThreadMain.toString()})();\n`;
+const SCAN_THREAD_SOURCE = `const hashPage = ${hashPage.toString()};\n${SCAN_THREAD_MAIN}`;
 
 /** One scan thread, one chunk at a time, its buffer shared with us. */
 class ScanThread {

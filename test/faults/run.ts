@@ -33,6 +33,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Snapshot } from '../../reader/snapshot.js';
 import type { Fault, Job } from '../helpers/crash-child.js';
 import { pageBytes } from '../helpers/synth.js';
 import { BIN, beside, cli, errorCode, memory, pool, readerView, rng, runChild, sameMemory, writeSynth, type Beside, type CliRun } from './harness.js';
@@ -153,6 +154,8 @@ interface PatchSetup {
   patched: Map<string, Buffer>;
   /** Bytes of disk the patch needs (pages written before the journal, and the journal). */
   need: number;
+  /** The end of the furthest write into the file (a file size limit below it fails the patch). */
+  reach: number;
 }
 
 /** pc.ram of 256 pages, half present in runs; the patch covers present and absent pages, with zero pages in it. */
@@ -172,8 +175,16 @@ async function patchSetup(dir: string, name = 'vm.snap'): Promise<PatchSetup> {
   ram.set(data, at);
   // Disk the patch takes: every touched page that ends non-zero (absent ones in the file, present ones in the journal).
   let need = 0;
-  for (let p = Math.floor(at / PS); p < Math.ceil((at + length) / PS); p++) if (ram.subarray(p * PS, (p + 1) * PS).some((b) => b !== 0)) need += PS;
-  return { file, argv: ['patch', file, '--block', 'pc.ram', '--at', String(at), '--data-file', dataFile], original, patched: new Map([['pc.ram', ram]]), need };
+  let reach = 0;
+  for (let p = Math.floor(at / PS); p < Math.ceil((at + length) / PS); p++) {
+    if (!ram.subarray(p * PS, (p + 1) * PS).some((b) => b !== 0)) continue;
+    need += PS;
+    reach = (p + 1) * PS;
+  }
+  const snap = await Snapshot.open(file);
+  reach += snap.block('pc.ram').mappedRam!.pagesOffset;
+  await snap.close();
+  return { file, argv: ['patch', file, '--block', 'pc.ram', '--at', String(at), '--data-file', dataFile], original, patched: new Map([['pc.ram', ram]]), need, reach };
 }
 
 /** What a patch left: a reader's view of the file (refused, or exactly one of the two states), then recovery. */
@@ -294,6 +305,8 @@ async function killSparsify(): Promise<Row> {
 interface Target {
   /** Disk the run takes. */
   bytes: number;
+  /** The end of the furthest write (default: the output's or the file's size). */
+  reach?: number;
   layout?: string;
   /** Writes per phase of an uninterrupted run. */
   writes: Record<string, number>;
@@ -315,7 +328,7 @@ async function faultEach(kind: string, cmds: WriterCmd[], inject: (argv: string[
       results.push({ outcome: r.code === 0 ? j.outcome : 'refused', code: f.code, torn: j.torn ?? f.torn, left: leftCount(beside(target)) });
     } else if (which === 2) {
       const s = await patchSetup(dir);
-      const r = await inject(s.argv, dir, { bytes: s.need, layout: s.file, writes: patchWrites, phases: ['hidden', 'journal', 'pages', 'bitmaps', 'restore'] });
+      const r = await inject(s.argv, dir, { bytes: s.need, reach: s.reach, layout: s.file, writes: patchWrites, phases: ['hidden', 'journal', 'pages', 'bitmaps', 'restore'] });
       const j = await judgePatch(s);
       const f = r.code === 0 ? {} : refusal(r);
       results.push({ ...j, outcome: r.code === 0 ? j.outcome : 'refused', code: f.code ?? j.code, torn: j.torn ?? f.torn });
@@ -365,9 +378,10 @@ async function efbig(cmds: WriterCmd[]): Promise<Row> {
     'EFBIG (ulimit -f)',
     cmds,
     (argv, dir, o) => {
+      // A limit at a random point below the furthest byte the run writes: the end of the new file (its size: the writers size it first), or of a patch's last page.
       const existing = fs.readdirSync(dir).reduce((n, f) => Math.max(n, fs.statSync(path.join(dir, f)).size), 0);
-      // A limit below the largest offset the run writes: for a new file, a random share of it; for a patch or sparsify, inside the existing file.
-      const limitKiB = Math.max(64, Math.floor(((existing || o.layout ? existing || fs.statSync(o.layout as string).size : o.bytes) * (0.2 + 0.75 * random())) / 1024));
+      const reach = o.reach ?? (existing || (o.layout ? fs.statSync(o.layout).size : o.bytes));
+      const limitKiB = Math.max(64, Math.floor((reach * (0.2 + 0.75 * random())) / 1024));
       return cli([], 'bash', ['-c', `ulimit -f ${limitKiB}; exec "${process.execPath}" "${BIN}" ${argv.map((a) => `"${a}"`).join(' ')}`]);
     },
     () => freshDir(),

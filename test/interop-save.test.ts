@@ -119,6 +119,10 @@ describe.skipIf(!HAVE_QEMU)('ramsnap save against a dirtying QEMU 10 guest', () 
         await q.quit();
       }
       expect(await layout(out)).toEqual(await layout(qemuFile));
+      // Left paused by its save (postmigrate): QEMU would refuse to save it again, and ramsnap says so first.
+      const again = spawnSync('node', [BIN, 'save', '--qmp', sock, '-o', path.join(work, `${policy}.again.snap`)], { encoding: 'utf8' });
+      expect(again.status).toBe(1);
+      expect(again.stderr.trim()).toMatch(/^ramsnap: GUEST_STATE: the guest is paused by an earlier migration or save \(postmigrate\)/);
       const ours = fs.statSync(out).size;
       const theirs = fs.statSync(qemuFile).size;
       // Only the stream tail differs: QEMU writes a variable number of empty RAM part sections.

@@ -107,7 +107,11 @@ interface Discovered {
 
 async function discover(qmp: QmpClient, o: LiveSaveOptions): Promise<Discovered> {
   const status = await qmp.execute<{ status: string; running: boolean }>('query-status');
-  if (!['running', 'paused', 'postmigrate', 'prelaunch'].includes(status.status)) {
+  if (status.status === 'postmigrate') {
+    // QEMU refuses a second migrate here ("Can't migrate the vm that was paused due to previous migration").
+    throw new RamsnapError('GUEST_STATE', 'the guest is paused by an earlier migration or save (postmigrate), which QEMU will not save again: cont it first');
+  }
+  if (!['running', 'paused', 'prelaunch'].includes(status.status)) {
     throw new RamsnapError('GUEST_STATE', `the guest is ${status.status}; ramsnap save needs a running or paused guest`);
   }
   const mig = await qmp.execute<{ status?: string }>('query-migrate');

@@ -72,8 +72,11 @@ export class SparseImage {
     this.size = size;
   }
 
-  /** Removes `remove` bytes at `at` and inserts `insert` there: everything after moves. */
-  splice(at: number, remove: number, insert: Uint8Array): void {
+  /**
+   * Removes `remove` bytes at `at` and inserts `insert` there, then `hole`
+   * zero bytes that take no memory: everything after moves.
+   */
+  splice(at: number, remove: number, insert: Uint8Array, hole = 0): void {
     const tailStart = Math.min(this.size, at + remove);
     const tailChunks: { offset: number; data: Uint8Array }[] = [];
     for (const [ci, c] of this.chunks) {
@@ -87,9 +90,9 @@ export class SparseImage {
     this.resize(Math.min(at, oldSize));
     this.size = at;
     if (insert.length) this.write(at, insert);
-    const shift = at + insert.length - tailStart;
+    const shift = at + insert.length + hole - tailStart;
     for (const t of tailChunks) this.write(t.offset + shift, t.data);
-    this.size = Math.max(at + insert.length, oldSize + shift);
+    this.size = Math.max(at + insert.length + hole, oldSize + shift);
   }
 
   /** Writes the image as a sparse file (holes where there are no chunks). */

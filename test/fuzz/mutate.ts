@@ -27,6 +27,8 @@ export type Op =
   | { op: 'copy'; from: number; to: number; length: number; why: string }
   /** Insert a copy of [from, from + length) at `at`: everything after moves (a section sent twice). */
   | { op: 'insertCopy'; from: number; length: number; at: number; why: string }
+  /** Insert `length` zero bytes (a hole) at `at`: everything after moves, offsets before it stay. */
+  | { op: 'hole'; at: number; length: number; why: string }
   /** Remove `remove` bytes at `at` and insert `hex`: everything after moves. */
   | { op: 'splice'; at: number; remove: number; hex: string; why: string }
   /** Replace a u8-length-prefixed name at each of `copies` (offsets of the length byte). */
@@ -98,6 +100,9 @@ function applyOp(img: SparseImage, op: Op): void {
     }
     case 'insertCopy':
       if (op.from + op.length <= img.size && op.at <= img.size) img.splice(op.at, 0, img.read(op.from, op.length));
+      return;
+    case 'hole':
+      if (op.at <= img.size) img.splice(op.at, 0, new Uint8Array(0), op.length);
       return;
     case 'splice':
       if (op.at <= img.size) img.splice(op.at, Math.min(op.remove, img.size - op.at), hexBytes(op.hex));
@@ -410,6 +415,13 @@ function vmdescOp(m: FixtureMap): fc.Arbitrary<Op> | undefined {
   return edit.map(({ e, w }): Op => ({ op: 'vmdesc', offset: v.offset, edit: e, why: `vmdescription: ${w}` }));
 }
 
+/** A hole inserted at a boundary: the stream after it moves, far from what points into it. */
+function holeOp(m: FixtureMap): fc.Arbitrary<Op> {
+  return fc
+    .tuple(fc.constantFrom(...m.boundaries), fc.constantFrom(1, 4096, 1 << 20, 65 << 20, 200 << 20))
+    .map(([at, length]): Op => ({ op: 'hole', at, length, why: `${length}-byte hole inserted at boundary ${at}` }));
+}
+
 function growOp(): fc.Arbitrary<Op> {
   return fc.tuple(fc.constantFrom(1, 5, 4096, 65536), fc.constantFrom(0, 0x06, 0x7b, 0xff)).map(([by, fill]): Op => ({ op: 'grow', by, fill, why: `${by} bytes of 0x${fill.toString(16)} appended` }));
 }
@@ -422,6 +434,7 @@ export function opArb(m: FixtureMap): fc.Arbitrary<Op> {
     { arbitrary: flipOp(m), weight: 4 },
     { arbitrary: overwriteOp(m), weight: 3 },
     { arbitrary: growOp(), weight: 1 },
+    { arbitrary: holeOp(m), weight: 1 },
   ];
   const opt: [fc.Arbitrary<Op> | undefined, number][] = [
     [bitmapOp(m), 3],

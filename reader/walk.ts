@@ -49,6 +49,8 @@ export interface WalkOptions {
 
 /** Device sections are loaded whole to be decoded; none real comes near this. */
 export const MAX_DEVICE_SECTION = 64 << 20;
+/** First window a device section is decoded from (grown 4x at a time up to MAX_DEVICE_SECTION): real ones are KiB. */
+const DEVICE_WINDOW = 64 * 1024;
 /** Bytes of bitmap held in memory at once: enough for 4 TiB of 4 KiB pages. */
 export const MAX_BITMAP_MEMORY = 128 << 20;
 /** Runs in a legacy index (memory bound for hostile streams of alternating records). */
@@ -360,13 +362,27 @@ class Walker {
     }
     const r = this.r;
     const available = (m.vmdesc?.offset ?? this.source.size) - r.pos;
-    const c = await r.cursor(Math.max(0, Math.min(MAX_DEVICE_SECTION, available)));
+    const limit = Math.max(0, Math.min(MAX_DEVICE_SECTION, available));
+    // A section carries no length: decode it from a small window, and from a larger one only if it runs
+    // out. A window of everything up to the description (up to 64 MiB) was read again for every
+    // section, so a file with its description far behind thousands of small sections took hours.
+    let want = Math.min(limit, DEVICE_WINDOW);
+    let c: ByteCursor;
     let value;
-    try {
-      if (this.opts.decodeDevices) value = decodeDeviceState(c, dev, rec.versionId, this.deviceValues);
-      else skipDeviceState(c, dev, this.deviceValues);
-    } catch (err) {
-      if (err instanceof RamsnapFormatError && err.code === FormatCode.TRUNCATED) {
+    for (;;) {
+      c = await r.cursor(want);
+      const valuesBefore = this.deviceValues.values;
+      try {
+        if (this.opts.decodeDevices) value = decodeDeviceState(c, dev, rec.versionId, this.deviceValues);
+        else skipDeviceState(c, dev, this.deviceValues);
+        break;
+      } catch (err) {
+        if (!(err instanceof RamsnapFormatError) || err.code !== FormatCode.TRUNCATED) throw err;
+        if (want < limit) {
+          this.deviceValues.values = valuesBefore;
+          want = Math.min(limit, want * 4);
+          continue;
+        }
         // The description is after EOF: running into it means the fields do not match the section.
         throw available > MAX_DEVICE_SECTION
           ? new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, `device section ${rec.name} is larger than ${MAX_DEVICE_SECTION} bytes`, { field: err.field, offset: err.offset })
@@ -375,7 +391,6 @@ class Walker {
               offset: err.offset,
             });
       }
-      throw err;
     }
     r.commit(c);
     m.devices.push({ section: rec, value });

@@ -211,4 +211,29 @@ describe('regressions found by constructing what the fuzzer cannot reach', () =>
     expect(r.exit).toBe(1);
     expect(r.stderr).toMatch(/^ramsnap: LIMIT_EXCEEDED: device state has too many values/);
   }, 120_000);
+
+  it('device sections far before the description are decoded from a small window each (2 000 sections 65 MiB before it re-read 64 MiB apiece: 40 s)', async () => {
+    // q35-mapped-ram with 2 000 copies of its first device section (ids of their own) before EOF, and a
+    // 65 MiB hole between EOF and the description: TRAILING_DATA, but only after every section is read.
+    const { file } = await mutated('q35-mapped-ram', (s) => {
+      const eof = s.map.fields.find((f) => f.label === 'eof')?.at as number;
+      const dev = s.map.sections.find((x) => x.kind === 'full');
+      if (!dev) throw new Error('q35-mapped-ram has no device section');
+      const one = Buffer.from(s.image.read(dev.offset, dev.end - dev.offset));
+      const copies = Array.from({ length: 2000 }, (_, i) => {
+        const b = Buffer.from(one);
+        b.writeUInt32BE(5000 + i, 1); // section id
+        b.writeUInt32BE(5000 + i, b.length - 4); // footer id
+        return b;
+      });
+      const ins = Buffer.concat(copies);
+      return [
+        { op: 'splice', at: eof, remove: 0, hex: ins.toString('hex'), why: `2000 copies of section[${dev.name}]` },
+        { op: 'hole', at: eof + ins.length + 1, length: 65 << 20, why: '65 MiB between EOF and the description' },
+      ];
+    });
+    const t0 = performance.now();
+    await expect(Snapshot.open(file)).rejects.toMatchObject({ code: 'TRAILING_DATA', field: 'vmdescription' });
+    expect(performance.now() - t0).toBeLessThan(10_000);
+  }, 120_000);
 });

@@ -61,12 +61,14 @@ export class StreamReader {
 
   /**
    * A cursor over at least `n` bytes at the current position (fewer if the
-   * file ends first: the cursor then reports TRUNCATED with the offset).
-   * Advance with `commit(cursor)`.
+   * file ends first: the cursor then reports TRUNCATED with the offset),
+   * and over up to `upTo` when the window already holds them: the window is
+   * refilled only when fewer than `n` bytes are left in it. Advance with
+   * `commit(cursor)`.
    */
-  async cursor(n: number): Promise<ByteCursor> {
+  async cursor(n: number, upTo = n): Promise<ByteCursor> {
     const idx = await this.fill(n);
-    const avail = Math.max(0, Math.min(n, this.window.length - idx));
+    const avail = Math.max(0, Math.min(Math.max(n, upTo), this.window.length - idx));
     return new ByteCursor(this.window.subarray(idx, idx + avail), this.pos);
   }
 

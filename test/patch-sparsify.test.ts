@@ -2,11 +2,12 @@
  * ramsnap patch and sparsify: round trips through the reader against a
  * model of guest memory, the exact error codes, and the CLI as a binary.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import zlib from 'node:zlib';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { testBit } from '../format/bitmap.js';
@@ -14,7 +15,9 @@ import { Snapshot } from '../reader/snapshot.js';
 import { patchSnapshot } from '../writer/patch.js';
 import { sparsifySnapshot } from '../writer/sparsify.js';
 import { TEMP_MARK } from '../writer/snapshot-writer.js';
+import { Qemu, kvmAvailable, qemuAvailable } from '../fixtures/qemu.js';
 import { fixtureFiles } from './helpers/fixtures.js';
+import { beside, runChild } from './faults/harness.js';
 import { pageBytes, synthesize, type SynthOptions } from './helpers/synth.js';
 
 const run = promisify(execFile);
@@ -302,5 +305,42 @@ describe('CLI', () => {
     const c = await cli(['sparsify', cut]);
     expect(c.code).toBe(1);
     oneLine(c.stderr, 'PAGES_OUT_OF_FILE');
+  });
+});
+
+function qemu10(): boolean {
+  if (!qemuAvailable()) return false;
+  const r = spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' });
+  const m = /version (\d+)\./.exec(r.stdout ?? '');
+  return m !== null && Number(m[1]) >= 10;
+}
+
+describe.skipIf(!qemu10())('QEMU 10 and an interrupted patch', () => {
+  it('refuses the file while the patch marker is on ("Not a migration stream"), and restores it once recovered', { timeout: 60_000 }, async () => {
+    const file = path.join(dir, 'qemu-interrupted.snap');
+    fs.writeFileSync(file, zlib.gunzipSync(fs.readFileSync('fixtures/data/q35-mapped-ram.snap.gz')));
+    // A patch of 64 KiB at 2 MiB, killed after its journal, once the marker is on.
+    const k = await runChild({ mode: 'cli', argv: ['patch', file, '--block', 'pc.ram', '--at', '0x200000', '--fill', '0x5a', '--length', '64k'], layout: file, delayMs: 5 }, 'fsync:invalidate', 2);
+    expect(k.signal).toBe('SIGKILL');
+    expect(beside(file).journal).toBe(true);
+    const load = async (): Promise<string> => {
+      const q = await Qemu.start({ binary: 'qemu-system-x86_64', dir, args: ['-machine', 'q35', '-accel', kvmAvailable() ? 'kvm' : 'tcg', '-cpu', 'qemu64,kvmclock=off', '-m', '16M'], incoming: true });
+      try {
+        await q.setCapabilities({ 'mapped-ram': true });
+        await q.cmd('migrate-incoming', { uri: `file:${file}`, 'exit-on-error': false });
+        await q.waitMigration(30_000);
+        const pm = path.join(dir, 'qemu-interrupted.pmem');
+        await q.pmemsave(pm, 0x210000);
+        return fs.readFileSync(pm).subarray(0x200000, 0x210000).every((b) => b === 0x5a) ? 'patched' : 'not patched';
+      } catch (err) {
+        return (err as Error).message;
+      } finally {
+        await q.kill();
+      }
+    };
+    expect(await load()).toMatch(/Not a migration stream/);
+    const r = await promisify(execFile)(process.execPath, [BIN, 'patch', file, '--recover']);
+    expect(r.stdout).toMatch(/completed the interrupted patch/);
+    expect(await load()).toBe('patched');
   });
 });

@@ -53,6 +53,12 @@ export const MAX_DEVICE_SECTION = 64 << 20;
 const DEVICE_WINDOW = 64 * 1024;
 /** Bytes of bitmap held in memory at once: enough for 4 TiB of 4 KiB pages. */
 export const MAX_BITMAP_MEMORY = 128 << 20;
+/**
+ * RAMBlocks in one stream. Real VMs have tens (a few hundred with many
+ * devices' ROMs and DIMMs); without a bound, a legacy block list of
+ * one-page blocks costs 16 bytes of file and 350 bytes of memory each.
+ */
+export const MAX_BLOCKS = 65_536;
 /** Runs in a legacy index (memory bound for hostile streams of alternating records). */
 export const MAX_LEGACY_RUNS = 2_000_000;
 /** Bytes of stream parsed at a time for page records. */
@@ -441,6 +447,13 @@ class Walker {
         offset: lenAt,
         expected: `1..${remaining}`,
         actual: usedLength,
+      });
+    }
+    if (m.blocks.length >= MAX_BLOCKS) {
+      throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'stream lists more RAM blocks than ramsnap allows', {
+        field: `${field}.name`,
+        offset: entryOffset,
+        expected: `<= ${MAX_BLOCKS} blocks`,
       });
     }
     const block: RamBlock = { name, usedLength, pageSize: m.pageSize, pages: 0, entryOffset, pagesPresent: 0 };

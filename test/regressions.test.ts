@@ -277,4 +277,30 @@ describe('regressions found by constructing what the fuzzer cannot reach', () =>
     await expect(Snapshot.open(src)).rejects.toMatchObject({ code: 'TRAILING_DATA' });
     expect(src.bytesRead).toBeLessThan(2 * src.size);
   });
+
+  it('a block list of more than 65 536 RAM blocks is LIMIT_EXCEEDED (one-page blocks cost 16 bytes of file and 350 of memory each: a 14 MB file took 343 MiB)', async () => {
+    // pc-legacy (6 blocks) with `extra` one-page blocks appended to its block list and the RAM total grown to match.
+    const withBlocks = (extra: number) =>
+      counted('pc-legacy', (s) => {
+        const last = s.map.blocks[s.map.blocks.length - 1];
+        const mem = s.map.fields.find((f) => f.label === 'ram.mem_size');
+        if (!mem) throw new Error('pc-legacy has no MEM_SIZE');
+        const entries = Array.from({ length: extra }, (_, i) => {
+          const name = Buffer.from(`b${i.toString(36)}`, 'latin1');
+          const b = Buffer.alloc(1 + name.length + 8);
+          b.writeUInt8(name.length, 0);
+          name.copy(b, 1);
+          b.writeBigUInt64BE(BigInt(s.map.pageSize), 1 + name.length);
+          return b;
+        });
+        return [
+          { op: 'int', at: mem.at, width: 8, value: String(BigInt(mem.value as string) + BigInt(extra * s.map.pageSize)), why: 'RAM total grown' },
+          { op: 'splice', at: last.entryOffset + last.entryLength, remove: 0, hex: Buffer.concat(entries).toString('hex'), why: `${extra} one-page blocks` },
+        ];
+      });
+    const atLimit = await Snapshot.open((await withBlocks(65_530)).src);
+    expect(atLimit.blocks).toHaveLength(65_536);
+    const { src } = await withBlocks(100_000);
+    await expect(Snapshot.open(src)).rejects.toMatchObject({ code: 'LIMIT_EXCEEDED', field: `ramblock[b${(65_530).toString(36)}].name` });
+  }, 60_000);
 });

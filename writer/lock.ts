@@ -137,7 +137,7 @@ export class TargetLock {
       try {
         fd = fs.openSync(lockPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, lockPath, `create the lock file of ${target},`);
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, lockPath, 'create the lock file');
         const stale = staleOwner(lockPath);
         if (stale === 'gone') continue; // released meanwhile: try again
         if (!stale.stale) throw lockedError(target, lockPath, stale.owner);

@@ -70,6 +70,7 @@ const CHUNK_PAGES = 256;
 export async function patchSnapshot(file: string, o: PatchOptions): Promise<PatchResult> {
   const data = await openPatchData(o.data);
   try {
+    mustExist(file);
     const lock = TargetLock.acquire(file, 'patch');
     try {
       const recovered = await recoverJournal(file, { fsync: o.fsync });
@@ -104,6 +105,7 @@ export async function patchSnapshot(file: string, o: PatchOptions): Promise<Patc
  * journal cannot be recovered (PATCH_IN_PROGRESS).
  */
 export async function recoverPatch(file: string, o: { offset?: number; fsync?: boolean } = {}): Promise<RecoverOutcome> {
+  mustExist(file);
   const lock = TargetLock.acquire(file, 'recover');
   try {
     const r = await recoverJournal(file, { fsync: o.fsync });
@@ -111,6 +113,15 @@ export async function recoverPatch(file: string, o: { offset?: number; fsync?: b
     return r;
   } finally {
     lock.release();
+  }
+}
+
+/** A missing file is reported as itself, not as a lock file that cannot be created beside it. */
+function mustExist(file: string): void {
+  try {
+    fs.lstatSync(file);
+  } catch (err) {
+    throw ioError(err, file, 'open');
   }
 }
 

@@ -219,6 +219,18 @@ describe('an interrupted patch as readers and writers see it', () => {
     expect(beside(file)).toEqual({ temps: [], lock: false, journal: false, others: ['img'] });
   });
 
+  it('a writer of a target whose file is gone but whose journal is left removes the journal, with a notice', async () => {
+    const { file } = await interrupted(fresh());
+    fs.rmSync(file);
+    const image = path.join(path.dirname(file), 'img');
+    fs.writeFileSync(image, pageBytes(4 * PS, 1));
+    const r = await cli(['create', '-o', file, '--machine', 'm', '--ram', `a=${image}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/ramsnap: removed the journal of a patch of .*vm\.snap, which no longer exists/);
+    expect(beside(file)).toEqual({ temps: [], lock: false, journal: false, others: ['img'] });
+    expect((await readerView(file)).complete).toBe(true);
+  });
+
   it('a journal whose file was replaced is refused (JOURNAL_MISMATCH); a marker whose journal is gone is PATCH_IN_PROGRESS and cannot be recovered', { timeout: 30_000 }, async () => {
     const { file } = await interrupted(fresh());
     const other = path.join(work, 'other.snap');

@@ -116,7 +116,12 @@ export class TempFile extends FileSink {
       // Replacing a file whose patch was interrupted would orphan its journal: finish (or drop) the patch first.
       const journal = sidecarPath(target, JOURNAL_SUFFIX);
       if (fs.existsSync(journal)) {
-        throw new RamsnapIoError(StateCode.PATCH_IN_PROGRESS, `${target} has an unfinished patch (journal ${journal}); finish it first with: ramsnap patch --recover ${target}`, target);
+        if (fs.existsSync(target)) {
+          throw new RamsnapIoError(StateCode.PATCH_IN_PROGRESS, `${target} has an unfinished patch (journal ${journal}); finish it first with: ramsnap patch --recover ${target}`, target);
+        }
+        // The patched file is gone: its journal has nothing left to complete.
+        fs.rmSync(journal, { force: true });
+        notice(`removed the journal of a patch of ${target}, which no longer exists (${journal})`);
       }
       const dir = path.dirname(path.resolve(target));
       removeStaleTemps(dir, path.basename(target));

@@ -112,6 +112,33 @@ describe('regressions found by the fuzzer', () => {
     expect(r.exit).toBe(0);
     expect(JSON.parse(r.stdout).x).toEqual(deep);
   });
+
+  it('verify: warnings name their field with the block name escaped (a block named with terminal escapes reached the terminal raw)', async () => {
+    // q35-mapped-ram with pc.ram renamed "\x1b[2J\x07x" (same length) and its bitmap_offset moved into the zero
+    // padding after its bitmap: still a sound file, with a BITMAP_NOT_AFTER_HEADER warning whose field holds the name.
+    const name = '\x1b[2J\x07x';
+    const { file } = await mutated('q35-mapped-ram', (s) => {
+      const nm = s.map.names.find((n) => n.kind === 'block' && n.name === 'pc.ram');
+      const blk = s.map.blocks.find((b) => b.name === 'pc.ram');
+      const bo = s.map.fields.find((f) => f.label === 'ramblock[pc.ram].mapped_ram.bitmap_offset');
+      if (!nm || !blk || !bo) throw new Error('q35-mapped-ram has no pc.ram');
+      return [
+        { op: 'rename', copies: nm.copies, hex: Buffer.from(name, 'latin1').toString('hex'), why: 'pc.ram renamed with escapes' },
+        { op: 'int', at: bo.at, width: 8, value: String((blk.bitmapOffset as number) + (blk.bitmapSize as number)), why: 'bitmap moved into the padding' },
+      ];
+    });
+    const snap = await Snapshot.open(file);
+    expect(snap.model.warnings.map((w) => w.code)).toContain('BITMAP_NOT_AFTER_HEADER');
+    await snap.close();
+    for (const argv of [['verify', file], ['info', file]]) {
+      const r = await cliInProcess(argv);
+      expectNoCrash(r);
+      expect(r.exit, r.stderr).toBe(0);
+      expect(r.stdout).toContain('BITMAP_NOT_AFTER_HEADER');
+      expect(r.stdout.replace(/\n/g, '')).not.toMatch(CONTROL);
+      expect(r.stdout).toContain('\\x1b[2J\\x07x');
+    }
+  });
 });
 
 describe('regressions found by constructing what the fuzzer cannot reach', () => {

@@ -51,7 +51,8 @@ export async function handler(args: ArgumentsCamelCase<CommonArgs>): Promise<voi
         const mark = c.status === 'pass' ? 'ok  ' : c.status === 'fail' ? 'FAIL' : '--  ';
         process.stdout.write(`${mark}  ${c.title}\n`);
       }
-      for (const w of m.warnings) process.stdout.write(`warn  ${w.code}: ${printable(w.message)} (${w.field} at ${hex(w.offset)})\n`);
+      // The field names the block ("ramblock[NAME].…"), so it is escaped like the message.
+      for (const w of m.warnings) process.stdout.write(`warn  ${w.code}: ${printable(w.message)} (${printable(w.field)} at ${hex(w.offset)})\n`);
       if (err) {
         process.stdout.write(`\n${printable(args.file)}: INVALID: ${err.code}: ${printable(err.message)}\n(rules marked -- were not checked past offset ${err.offset})\n`);
       } else {

@@ -12,6 +12,8 @@ import { JOURNAL_SUFFIX, TargetLock, notice, processAlive, sidecarPath } from '.
 export class FileSink {
   /** Writes in flight: close() waits for them, so a reused descriptor number never receives them. */
   private readonly pending = new Set<Promise<void>>();
+  /** Set by close(): later writes are refused instead of going to a descriptor number that may be reused. */
+  private closing = false;
 
   constructor(
     readonly path: string,
@@ -19,6 +21,7 @@ export class FileSink {
   ) {}
 
   write(position: number, data: Uint8Array): Promise<void> {
+    if (this.closing) return Promise.reject(new RamsnapIoError('IO_EBADF', `cannot write ${this.path}: it was closed (the write was aborted)`, this.path));
     const p = this.writeAll(position, data);
     this.pending.add(p);
     const settle = (): void => void this.pending.delete(p);
@@ -57,6 +60,7 @@ export class FileSink {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await Promise.allSettled([...this.pending]);
     await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
   }

@@ -136,7 +136,8 @@ export class SnapshotWriter {
           await this.sink.write(b.pagesOffset + (first + start) * ps, buf.subarray(start * ps, p * ps));
         } catch (err) {
           // Disk full or an I/O error: the file cannot be finished, so it goes now (SPEC 13.3).
-          this.failure ??= err;
+          // (Not after an abort: a write that was in flight then fails for that reason, and the writer is closed, not failed.)
+          if (!this.done) this.failure ??= err;
           await this.abort();
           throw err;
         }

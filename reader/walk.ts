@@ -789,10 +789,10 @@ class Walker {
 
 function checkPageSize(pageSize: number, field: string, offset: number): void {
   if (!Number.isInteger(pageSize) || pageSize < MIN_PAGE_SIZE || pageSize > MAX_PAGE_SIZE || (pageSize & (pageSize - 1)) !== 0) {
-    throw new RamsnapFormatError(FormatCode.BAD_PAGE_SIZE, 'page size is not a power of two between 1 KiB and 1 GiB', {
+    throw new RamsnapFormatError(FormatCode.BAD_PAGE_SIZE, `page size is not a power of two between ${MIN_PAGE_SIZE} and ${MAX_PAGE_SIZE}`, {
       field,
       offset,
-      expected: 'power of two in 1024..1073741824',
+      expected: `power of two in ${MIN_PAGE_SIZE}..${MAX_PAGE_SIZE}`,
       actual: pageSize,
     });
   }

@@ -331,3 +331,15 @@ describe('regressions found by constructing what the fuzzer cannot reach', () =>
     await expect(Snapshot.open(src)).rejects.toMatchObject({ code: 'LIMIT_EXCEEDED', field: `ramblock[b${(65_530).toString(36)}].name` });
   }, 60_000);
 });
+
+describe('messages', () => {
+  it('BAD_PAGE_SIZE states the range ramsnap accepts (it said 1 KiB..1 GiB; the limit is 64 KiB)', async () => {
+    const { file } = await mutated('q35-mapped-ram', (s) => {
+      const f = s.map.fields.find((x) => x.label === 'ramblock[pc.ram].mapped_ram.page_size');
+      if (!f) throw new Error('q35-mapped-ram has no pc.ram');
+      return [{ op: 'int', at: f.at, width: 8, value: String(1 << 17), why: 'page size 128 KiB' }];
+    });
+    await expect(Snapshot.open(file)).rejects.toMatchObject({ code: 'BAD_PAGE_SIZE', expected: 'power of two in 1024..65536' });
+    await expect(Snapshot.open(file)).rejects.toThrow(/between 1024 and 65536/);
+  });
+});

@@ -51,6 +51,8 @@ export class SnapshotWriter {
   private done = false;
   /** The error that made the writer give up: later calls report it, not WRITER_CLOSED (concurrent writePages race to fail). */
   private failure: unknown;
+  /** abort() was called by the user (not after a failure, nor after finalize). */
+  private aborted = false;
 
   private constructor(
     readonly target: string,
@@ -132,14 +134,17 @@ export class SnapshotWriter {
       const start = p;
       while (p < n && !isZero(p)) p++;
       if (p > start) {
+        // Aborted while this call was in flight: the rest of its pages are dropped with the file.
+        if (this.aborted) return;
         try {
           await this.sink.write(b.pagesOffset + (first + start) * ps, buf.subarray(start * ps, p * ps));
         } catch (err) {
+          if (this.aborted) return; // the write was refused because the file was closed by abort()
           // Disk full or an I/O error: the file cannot be finished, so it goes now (SPEC 13.3).
-          // (Not after an abort: a write that was in flight then fails for that reason, and the writer is closed, not failed.)
-          if (!this.done) this.failure ??= err;
+          this.failure ??= err;
           await this.abort();
-          throw err;
+          // Concurrent calls all report the first failure (the others' writes were refused as the file closed).
+          throw this.failure;
         }
         setRange(bm, first + start, p - start, true);
         this.startWriteback((p - start) * ps);
@@ -222,8 +227,9 @@ export class SnapshotWriter {
     }
   }
 
-  /** Drops the temporary file; the target is untouched. */
+  /** Drops the temporary file; the target is untouched. Page writes still in flight are dropped. */
   async abort(): Promise<void> {
+    if (this.failure === undefined && !this.done) this.aborted = true;
     this.done = true;
     await this.sink.discard();
   }

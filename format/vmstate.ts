@@ -150,7 +150,18 @@ function decodeField(c: ByteCursor, f: VmField, path: string, depth: number, st:
   return hexBytes(bytes);
 }
 
+/**
+ * Widest integer also shown as a decimal. QEMU's are at most 8 bytes; a
+ * hostile description can declare one as wide as its section (64 MiB),
+ * and building a BigInt of it a byte at a time took quadratic time.
+ */
+const MAX_BIGINT_BYTES = 64;
+
 function formatInt(bytes: Uint8Array, signed: boolean): string {
+  if (bytes.length > MAX_BIGINT_BYTES) {
+    // The same digits as below (big-endian, two per byte), without the BigInt; no decimal.
+    return `0x${Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('hex')}`;
+  }
   let u = 0n;
   for (const b of bytes) u = (u << 8n) | BigInt(b);
   const hex = `0x${u.toString(16).padStart(bytes.length * 2, '0')}`;
@@ -161,41 +172,106 @@ function formatInt(bytes: Uint8Array, signed: boolean): string {
   return hex;
 }
 
+/**
+ * Bytes as space-separated hex pairs, written into one buffer: appending
+ * two strings per byte made a rope of 128 million pieces for a 64 MiB
+ * field, which ran out of memory.
+ */
 export function hexBytes(bytes: Uint8Array): string {
-  let s = '';
+  if (bytes.length === 0) return '';
+  const out = Buffer.allocUnsafe(bytes.length * 3 - 1);
+  let o = 0;
   for (let i = 0; i < bytes.length; i++) {
-    if (i) s += ' ';
-    s += HEX[bytes[i]];
+    if (i) out[o++] = 0x20;
+    const h = HEX_CODES[bytes[i]];
+    out[o++] = h >>> 8;
+    out[o++] = h & 0xff;
   }
-  return s;
+  return out.toString('latin1');
 }
 
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+/** The two ASCII hex digits of each byte value, as (high << 8) | low. */
+const HEX_CODES = Uint16Array.from({ length: 256 }, (_, i) => {
+  const d = i.toString(16).padStart(2, '0');
+  return (d.charCodeAt(0) << 8) | d.charCodeAt(1);
+});
 
 /**
- * JSON text as Python's json module writes it with indent=4 (and
- * ensure_ascii), so output can be compared with analyze-migration.py's
- * byte for byte. Maps keep their order; plain objects keep theirs.
+ * Output is built as chunks of this many pieces, each joined into a flat
+ * string: a document of millions of values is not held as one rope of
+ * millions of strings (or as one string: dump writes chunk by chunk).
  */
+const CHUNK_PIECES = 4096;
+
+class JsonOut {
+  readonly chunks: string[] = [];
+  private parts: string[] = [];
+  push(s: string): void {
+    this.parts.push(s);
+    if (this.parts.length >= CHUNK_PIECES) this.flush();
+  }
+  flush(): void {
+    if (this.parts.length) this.chunks.push(this.parts.join(''));
+    this.parts = [];
+  }
+  /** A long piece becomes a chunk of its own rather than being copied into one. */
+  pushLong(s: string): void {
+    this.flush();
+    this.chunks.push(s);
+  }
+}
+
 export function pythonJson(v: unknown, indent = 0): string {
-  const pad = ' '.repeat(indent + 4);
-  const end = ' '.repeat(indent);
-  if (v instanceof Map) {
-    if (v.size === 0) return '{}';
-    const items = [...v.entries()].map(([k, x]) => `${pad}${pyString(k)}: ${pythonJson(x, indent + 4)}`);
-    return `{\n${items.join(',\n')}\n${end}}`;
-  }
+  return pythonJsonChunks(v, indent).join('');
+}
+
+/** pythonJson's text as consecutive chunks, to write a large document without making it one string. */
+export function pythonJsonChunks(v: unknown, indent = 0): string[] {
+  const out = new JsonOut();
+  writeJson(v, indent, out);
+  out.flush();
+  return out.chunks;
+}
+
+function writeJson(v: unknown, indent: number, out: JsonOut): void {
+  if (v instanceof Map) return writeMap(v.entries() as Iterable<[string, unknown]>, v.size, indent, out);
   if (Array.isArray(v)) {
-    if (v.length === 0) return '[]';
-    return `[\n${v.map((x) => pad + pythonJson(x, indent + 4)).join(',\n')}\n${end}]`;
+    if (v.length === 0) return out.push('[]');
+    const pad = ' '.repeat(indent + 4);
+    out.push('[\n');
+    for (let i = 0; i < v.length; i++) {
+      if (i) out.push(',\n');
+      out.push(pad);
+      writeJson(v[i], indent + 4, out);
+    }
+    return out.push(`\n${' '.repeat(indent)}]`);
   }
-  if (v === null || v === undefined) return 'null';
-  if (typeof v === 'string') return pyString(v);
-  if (typeof v === 'boolean') return v ? 'true' : 'false';
-  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : pyFloat(v);
-  if (typeof v === 'bigint') return v.toString();
-  if (typeof v === 'object') return pythonJson(new Map(Object.entries(v as Record<string, unknown>)), indent);
-  return pyString(String(v));
+  if (v === null || v === undefined) return out.push('null');
+  if (typeof v === 'string') return writeString(v, out);
+  if (typeof v === 'boolean') return out.push(v ? 'true' : 'false');
+  if (typeof v === 'number') return out.push(Number.isInteger(v) ? String(v) : pyFloat(v));
+  if (typeof v === 'bigint') return out.push(v.toString());
+  if (typeof v === 'object') {
+    const entries = Object.entries(v as Record<string, unknown>);
+    return writeMap(entries, entries.length, indent, out);
+  }
+  writeString(String(v), out);
+}
+
+function writeMap(entries: Iterable<[string, unknown]>, size: number, indent: number, out: JsonOut): void {
+  if (size === 0) return out.push('{}');
+  const pad = ' '.repeat(indent + 4);
+  out.push('{\n');
+  let first = true;
+  for (const [k, x] of entries) {
+    if (!first) out.push(',\n');
+    first = false;
+    out.push(pad);
+    writeString(k, out);
+    out.push(': ');
+    writeJson(x, indent + 4, out);
+  }
+  out.push(`\n${' '.repeat(indent)}}`);
 }
 
 function pyFloat(n: number): string {
@@ -203,19 +279,38 @@ function pyFloat(n: number): string {
   return /[.eE]/.test(s) ? s : `${s}.0`;
 }
 
-function pyString(s: string): string {
-  let out = '"';
-  for (let i = 0; i < s.length; i++) {
-    const ch = s.charCodeAt(i);
-    if (ch === 0x22) out += '\\"';
-    else if (ch === 0x5c) out += '\\\\';
-    else if (ch === 0x0a) out += '\\n';
-    else if (ch === 0x0d) out += '\\r';
-    else if (ch === 0x09) out += '\\t';
-    else if (ch === 0x08) out += '\\b';
-    else if (ch === 0x0c) out += '\\f';
-    else if (ch < 0x20 || ch > 0x7e) out += `\\u${ch.toString(16).padStart(4, '0')}`;
-    else out += s[i];
+/** Characters Python's json escapes (with ensure_ascii). */
+const NEEDS_ESCAPE = /["\\\x00-\x1f\x7f-\uffff]/;
+
+function writeString(s: string, out: JsonOut): void {
+  // Most strings need no escape (hex dumps of device buffers can be 190 million characters): one test, then as is.
+  if (!NEEDS_ESCAPE.test(s)) {
+    out.push('"');
+    if (s.length > 1 << 16) out.pushLong(s);
+    else out.push(s);
+    return out.push('"');
   }
-  return out + '"';
+  out.push('"');
+  let from = 0;
+  for (let i = 0; i < s.length; i++) {
+    const esc = escapeChar(s.charCodeAt(i));
+    if (esc === undefined) continue;
+    if (i > from) out.push(s.slice(from, i));
+    out.push(esc);
+    from = i + 1;
+  }
+  if (from < s.length) out.push(s.slice(from));
+  out.push('"');
+}
+
+function escapeChar(ch: number): string | undefined {
+  if (ch === 0x22) return '\\"';
+  if (ch === 0x5c) return '\\\\';
+  if (ch === 0x0a) return '\\n';
+  if (ch === 0x0d) return '\\r';
+  if (ch === 0x09) return '\\t';
+  if (ch === 0x08) return '\\b';
+  if (ch === 0x0c) return '\\f';
+  if (ch < 0x20 || ch > 0x7e) return `\\u${ch.toString(16).padStart(4, '0')}`;
+  return undefined;
 }

@@ -330,6 +330,61 @@ describe('regressions found by constructing what the fuzzer cannot reach', () =>
     const { src } = await withBlocks(100_000);
     await expect(Snapshot.open(src)).rejects.toMatchObject({ code: 'LIMIT_EXCEEDED', field: `ramblock[b${(65_530).toString(36)}].name` });
   }, 60_000);
+
+  /**
+   * q35-mapped-ram with a device "fuzzdev" described with one `field` and a FULL section of it before EOF
+   * whose body is `size` bytes of `fill` (zeros as a hole: the test holds none of them in memory).
+   */
+  const bigField = (field: Record<string, unknown>, size: number, fill = 0) =>
+    mutated('q35-mapped-ram', (s) => {
+      const eof = s.map.fields.find((f) => f.label === 'eof')?.at as number;
+      const name = Buffer.from('fuzzdev', 'latin1');
+      const head = Buffer.alloc(1 + 4 + 1 + name.length + 8);
+      let at = head.writeUInt8(Section.FULL, 0);
+      at = head.writeUInt32BE(1000, at);
+      at = head.writeUInt8(name.length, at);
+      at += name.copy(head, at);
+      at = head.writeUInt32BE(0, at);
+      head.writeUInt32BE(1, at);
+      const foot = Buffer.alloc(5);
+      foot.writeUInt8(Section.FOOTER, 0);
+      foot.writeUInt32BE(1000, 1);
+      const added = head.length + size + foot.length;
+      return [
+        { op: 'splice', at: eof, remove: 0, hex: Buffer.concat([head, foot]).toString('hex'), why: 'fuzzdev section' },
+        fill
+          ? { op: 'splice', at: eof + head.length, remove: 0, hex: Buffer.alloc(size, fill).toString('hex'), why: `${size} bytes of state` }
+          : { op: 'hole', at: eof + head.length, length: size, why: `${size} bytes of state` },
+        {
+          op: 'vmdesc',
+          offset: s.map.vmdesc!.offset + added,
+          edit: { path: ['devices', s.map.vmdescShape!.fields.length], action: 'set', value: { name: 'fuzzdev', instance_id: 0, vmsd_name: 'fuzzdev', version: 1, fields: [field] } },
+          why: 'fuzzdev described',
+        },
+      ];
+    });
+
+  it('dump --state prints a 60 MiB buffer field (was out of memory after 80 s: its hex was a rope of 120 M pieces)', async () => {
+    const size = 60 << 20;
+    const { file } = await bigField({ name: 'blob', type: 'buffer', size }, size);
+    const r = await cliInProcess(['dump', '--state', file]);
+    expectNoCrash(r);
+    expect(r.exit, r.stderr).toBe(0);
+    const hex = `"${'00 '.repeat(size - 1)}00"`;
+    expect(r.stdout.includes(`"blob": ${hex}`)).toBe(true);
+  }, 120_000);
+
+  it('dump --state prints a 1 MiB wide integer field as hex (building a BigInt a byte at a time was quadratic: 256 KiB of 0xff took 57 s)', async () => {
+    const size = 1 << 20;
+    const { file } = await bigField({ name: 'wide', type: 'int64', size }, size, 0xff);
+    const t0 = performance.now();
+    const r = await cliInProcess(['dump', '--state', file]);
+    expectNoCrash(r);
+    expect(r.exit, r.stderr).toBe(0);
+    // Wider than 64 bytes: hex only, no decimal.
+    expect(r.stdout).toContain(`"wide": "0x${'f'.repeat(2 * size)}"`);
+    expect(performance.now() - t0).toBeLessThan(20_000);
+  }, 120_000);
 });
 
 describe('messages', () => {

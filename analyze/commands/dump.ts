@@ -1,6 +1,6 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { RamsnapUsageError } from '../../format/errors.js';
-import { pythonJson } from '../../format/vmstate.js';
+import { pythonJsonChunks } from '../../format/vmstate.js';
 import { Snapshot } from '../../reader/snapshot.js';
 import { stateDocument } from '../dump-state.js';
 import { openOptions, withCommon, type CommonArgs } from '../options.js';
@@ -28,13 +28,16 @@ export async function handler(args: ArgumentsCamelCase<DumpArgs>): Promise<void>
   const snap = await Snapshot.open(args.file, { ...openOptions(args), decodeDevices: Boolean(args.state) });
   try {
     const m = snap.model;
-    if (args.desc) {
-      if (!m.vmdesc) {
-        throw new RamsnapUsageError('NO_DEVICE_DESCRIPTION', 'this file has no device description (a RAM-only stream, or an old machine type)', 'desc');
-      }
-      process.stdout.write(pythonJson(m.vmdesc.desc.raw) + '\n');
-    } else {
-      process.stdout.write(pythonJson(stateDocument(m)) + '\n');
+    if (args.desc && !m.vmdesc) {
+      throw new RamsnapUsageError('NO_DEVICE_DESCRIPTION', 'this file has no device description (a RAM-only stream, or an old machine type)', 'desc');
+    }
+    // Written a chunk at a time: a document of millions of values (or a 64 MiB buffer as hex) is not made one string.
+    const chunks = pythonJsonChunks(args.desc ? m.vmdesc?.desc.raw : stateDocument(m));
+    chunks.push('\n');
+    for (let i = 0; i < chunks.length; i++) {
+      const text = chunks[i];
+      chunks[i] = '';
+      if (!process.stdout.write(text)) await new Promise((r) => process.stdout.once('drain', r));
     }
   } finally {
     await snap.close();

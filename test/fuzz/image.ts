@@ -57,6 +57,19 @@ export class SparseImage {
     this.size = Math.max(this.size, offset + data.length);
   }
 
+  /** The chunks of [offset, offset + length) that hold data, clipped to it (holes stay holes, and cost nothing). */
+  extents(offset: number, length: number): { offset: number; data: Uint8Array }[] {
+    const out: { offset: number; data: Uint8Array }[] = [];
+    const end = Math.min(offset + length, this.size);
+    for (const ci of [...this.chunks.keys()].sort((a, b) => a - b)) {
+      const start = ci * CHUNK;
+      const from = Math.max(start, offset);
+      const to = Math.min(start + CHUNK, end);
+      if (from < to) out.push({ offset: from, data: (this.chunks.get(ci) as Uint8Array).slice(from - start, to - start) });
+    }
+    return out;
+  }
+
   /** Cuts the file at `size` (or grows it with zeros). */
   resize(size: number): void {
     if (size < this.size) {

@@ -95,12 +95,24 @@ function applyOp(img: SparseImage, op: Op): void {
     case 'copy': {
       if (op.from >= img.size || op.to >= img.size) return;
       const len = Math.min(op.length, img.size - op.from, img.size - op.to);
-      img.write(op.to, img.read(op.from, len));
+      // Sparse: a copied page region is mostly holes, which must not become chunks of zeros in memory.
+      const parts = img.extents(op.from, len);
+      const zeros = new Uint8Array(Math.min(len, 1 << 20));
+      for (let at = 0; at < len; at += zeros.length) {
+        const n = Math.min(zeros.length, len - at);
+        if (img.extents(op.to + at, n).length) img.write(op.to + at, zeros.subarray(0, n));
+      }
+      for (const e of parts) img.write(op.to + (e.offset - op.from), e.data);
       return;
     }
-    case 'insertCopy':
-      if (op.from + op.length <= img.size && op.at <= img.size) img.splice(op.at, 0, img.read(op.from, op.length));
+    case 'insertCopy': {
+      if (op.from + op.length > img.size || op.at > img.size) return;
+      // A hole as long as the copy, then the copy's data chunks: a RAM section sent twice spans its page regions.
+      const parts = img.extents(op.from, op.length);
+      img.splice(op.at, 0, new Uint8Array(0), op.length);
+      for (const e of parts) img.write(op.at + (e.offset - op.from), e.data);
       return;
+    }
     case 'hole':
       if (op.at <= img.size) img.splice(op.at, 0, new Uint8Array(0), op.length);
       return;
@@ -451,10 +463,23 @@ export function opArb(m: FixtureMap): fc.Arbitrary<Op> {
 export function recipeArb(maps: FixtureMap[]): fc.Arbitrary<{ fixture: string; ops: Op[] }> {
   return fc.constantFrom(...maps).chain((m) =>
     fc
-      .oneof({ arbitrary: fc.constant(1), weight: 6 }, { arbitrary: fc.integer({ min: 2, max: 4 }), weight: 2 })
-      .chain((n) => fc.array(opArb(m), { minLength: n, maxLength: n }))
-      .map((ops) => ({ fixture: m.name, ops })),
+      .tuple(
+        fc.oneof({ arbitrary: fc.constant(1), weight: 6 }, { arbitrary: fc.integer({ min: 2, max: 4 }), weight: 2 }).chain((n) => fc.array(opArb(m), { minLength: n, maxLength: n })),
+        // A third of the recipes first give a block a name full of terminal escapes (same length, so the file stays
+        // sound): whatever the other operations break, every message and warning naming the block must be escaped.
+        fc.option(hostileBlockName(m), { freq: 2, nil: undefined }),
+      )
+      .map(([ops, name]) => ({ fixture: m.name, ops: name ? [name, ...ops] : ops })),
   );
+}
+
+function hostileBlockName(m: FixtureMap): fc.Arbitrary<Op> {
+  const blocks = m.names.filter((n) => n.kind === 'block' && n.name.length >= 2);
+  if (!blocks.length) return fc.constant<Op>({ op: 'grow', by: 0, fill: 0, why: 'no block to rename' });
+  return fc.tuple(fc.constantFrom(...blocks), fc.constantFrom('\x1b[2J', '\x1b]0;x\x07', '\r\n\x07', '\x9b\x7f')).map(([nm, p]): Op => {
+    const name = fitLength(p, nm.name.length);
+    return { op: 'rename', copies: nm.copies, hex: latin1Hex(name), why: `${nm.label} renamed to ${JSON.stringify(name)}` };
+  });
 }
 
 /** 32-bit seed of input `index` in a run seeded `seed` (splitmix-like, so neighbours differ). */

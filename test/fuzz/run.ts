@@ -88,6 +88,11 @@ async function main(): Promise<number> {
   );
 
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-fuzz-'));
+  // Interrupted (^C): the sandboxes go too; findings already saved stay.
+  process.once('SIGINT', () => {
+    fs.rmSync(scratch, { recursive: true, force: true });
+    process.exit(130);
+  });
   let crashDir: string | undefined;
   const save = (kind: string, recipe: Recipe, failures: Failure[]): string => {
     crashDir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-fuzz-findings-'));

@@ -1,9 +1,11 @@
 /**
- * Bugs the fuzzer found (npm run fuzz, test/fuzz/), one `it` per bug,
- * named after what it pins (node-tar's test/ghsa-*.ts). Each builds its
- * input from a real QEMU fixture with a fuzz recipe, the same operations
- * the fuzzer applied (reduced to the one that matters), so the input is
- * deterministic and the test says which structure was damaged.
+ * Bugs found by the fuzzer (npm run fuzz, test/fuzz/) and by the review of
+ * the reader it prompted (docs/hardening.md, "Fuzzing", says which found
+ * what), one `it` per bug, named after what it pins (node-tar's
+ * test/ghsa-*.ts). Each builds its input from a real QEMU fixture with fuzz
+ * recipe operations, so the input is deterministic and the test says which
+ * structure was damaged. Time and memory bugs are pinned by bytes read or
+ * by outcomes where they can be, by a generous time bound where not.
  *
  * Commands run in-process exactly as bin.js runs them (buildCli, report()
  * on a throw), with stdout and stderr captured.
@@ -72,7 +74,7 @@ function expectNoCrash(r: CliOutcome): void {
   expect([0, 1, 2]).toContain(r.exit);
 }
 
-describe('regressions found by the fuzzer', () => {
+describe('crashes and output: damaged structures', () => {
   it('extract: a 255-byte block name still gives a file name the file system accepts (was IO_ENAMETOOLONG)', async () => {
     // pc-legacy: a legacy stream has no absolute offsets, so the name can grow in place (every copy: the block list and the page records).
     const { file, seed: s } = await mutated('pc-legacy', (s) => {
@@ -141,7 +143,7 @@ describe('regressions found by the fuzzer', () => {
   });
 });
 
-describe('regressions found by constructing what the fuzzer cannot reach', () => {
+describe('time and memory: structures repeated or grown beyond what mutation reaches', () => {
   it('legacy: ZERO records in descending page order index in linear time, not quadratic (was a hang: 80 000 records took 27 s)', async () => {
     // pc-legacy with pc.ram grown to 1 GiB (used_length and the RAM total), and 200 000 ZERO records for
     // pages 199 999..0 inserted at the start of the first RAM PART: a valid stream of 1.8 MB. The fixture's

@@ -194,14 +194,16 @@ async function interrupted(dir: string): Promise<{ file: string; original: Map<s
 }
 
 describe('an interrupted patch as readers and writers see it', () => {
-  it('verify and info say PATCH_IN_PROGRESS and name the recovery command; a writer refuses to replace the file; the next patch completes it first', { timeout: 30_000 }, async () => {
+  it('verify, info, extract, read and dump say PATCH_IN_PROGRESS and name the recovery command; a writer refuses to replace the file; the next patch completes it first', { timeout: 30_000 }, async () => {
     const { file, original } = await interrupted(fresh());
-    for (const cmd of ['verify', 'info']) {
-      const r = await cli([cmd, file]);
+    const out = path.join(path.dirname(file), 'mem');
+    for (const cmd of [['verify'], ['info'], ['extract', '-o', out], ['read', '--block', 'pc.ram', '--at', '0', '--length', '16'], ['dump', '--state']]) {
+      const r = await cli([cmd[0], file, ...cmd.slice(1)]);
       expect(r.code).toBe(1);
       expect(errorCode(r.stderr), r.stderr).toBe('PATCH_IN_PROGRESS');
       expect(r.stderr).toContain(`ramsnap patch --recover ${file}`);
     }
+    expect(fs.existsSync(out)).toBe(false);
     const image = path.join(path.dirname(file), 'img');
     fs.writeFileSync(image, pageBytes(64 * PS, 1));
     const c = await cli(['create', '-o', file, '--force', '--machine', 'm', '--ram', `pc.ram=${image}`]);

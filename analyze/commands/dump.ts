@@ -1,7 +1,7 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
+import { openGuarded } from '../open.js';
 import { RamsnapUsageError } from '../../format/errors.js';
 import { pythonJsonChunks } from '../../format/vmstate.js';
-import { Snapshot } from '../../reader/snapshot.js';
 import { stateDocument } from '../dump-state.js';
 import { openOptions, withCommon, type CommonArgs } from '../options.js';
 
@@ -25,13 +25,15 @@ export function builder(y: Argv): Argv<DumpArgs> {
 }
 
 export async function handler(args: ArgumentsCamelCase<DumpArgs>): Promise<void> {
-  const snap = await Snapshot.open(args.file, { ...openOptions(args), decodeDevices: Boolean(args.state) });
+  const { snap, guard } = await openGuarded(args.file, { ...openOptions(args), decodeDevices: Boolean(args.state) });
   try {
     const m = snap.model;
     if (args.desc && !m.vmdesc) {
       throw new RamsnapUsageError('NO_DEVICE_DESCRIPTION', 'this file has no device description (a RAM-only stream, or an old machine type)', 'desc');
     }
     // Written a chunk at a time: a document of millions of values (or a 64 MiB buffer as hex) is not made one string.
+    // Everything dump prints was read by the open: check before printing any of it.
+    guard.check(m.streamOffset);
     const chunks = pythonJsonChunks(args.desc ? m.vmdesc?.desc.raw : stateDocument(m));
     chunks.push('\n');
     for (let i = 0; i < chunks.length; i++) {

@@ -4,10 +4,10 @@ import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { FormatCode, RamsnapUsageError, ioError } from '../../format/errors.js';
 import { blockFileNames, extractBlock, type ExtractResult } from '../../reader/extract.js';
 import type { RamBlock } from '../../reader/model.js';
-import { Snapshot } from '../../reader/snapshot.js';
+import type { Snapshot } from '../../reader/snapshot.js';
 import { EXIT_INVALID } from '../exit.js';
 import { bytes, errorLine, printable } from '../human.js';
-import { errorJson } from '../open.js';
+import { errorJson, openGuarded } from '../open.js';
 import { openOptions, withCommon, type CommonArgs } from '../options.js';
 import { progressBar } from '../progress.js';
 
@@ -42,7 +42,8 @@ interface Planned {
 }
 
 export async function handler(args: ArgumentsCamelCase<ExtractArgs>): Promise<void> {
-  const snap = await Snapshot.open(args.file, { ...openOptions(args), lenient: args.salvage ?? false });
+  // Guarded: a file being patched is PATCH_IN_PROGRESS, and one that changed while its pages were copied is FILE_CHANGED.
+  const { snap, guard } = await openGuarded(args.file, { ...openOptions(args), lenient: args.salvage ?? false });
   try {
     const m = snap.model;
     const plan = planOutputs(snap, args);
@@ -58,6 +59,13 @@ export async function handler(args: ArgumentsCamelCase<ExtractArgs>): Promise<vo
       }
     } finally {
       bar.stop();
+    }
+    try {
+      guard.check(m.streamOffset);
+    } catch (err) {
+      // What was copied may mix two versions of the file: it goes.
+      for (const r of results) fs.rmSync(r.path, { force: true });
+      throw err;
     }
     if (args.json) {
       process.stdout.write(

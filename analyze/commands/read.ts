@@ -1,6 +1,6 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { RamsnapUsageError } from '../../format/errors.js';
-import { Snapshot } from '../../reader/snapshot.js';
+import { openGuarded } from '../open.js';
 import { openOptions, parseSize, withCommon, type CommonArgs } from '../options.js';
 
 interface ReadArgs extends CommonArgs {
@@ -32,7 +32,7 @@ export async function handler(args: ArgumentsCamelCase<ReadArgs>): Promise<void>
   if (args.raw && process.stdout.isTTY) {
     throw new RamsnapUsageError('RAW_TO_TERMINAL', 'refusing to write raw bytes to a terminal; redirect stdout or drop --raw', 'raw');
   }
-  const snap = await Snapshot.open(args.file, openOptions(args));
+  const { snap, guard } = await openGuarded(args.file, openOptions(args));
   try {
     const block = snap.block(args.block);
     if (at + length > block.usedLength) {
@@ -43,6 +43,7 @@ export async function handler(args: ArgumentsCamelCase<ReadArgs>): Promise<void>
         throw new RamsnapUsageError('OUT_OF_RANGE', `--json prints at most ${MAX_JSON_READ} bytes; use --raw for more`, 'length');
       }
       const data = await snap.read(block, at, length);
+      guard.check(snap.model.streamOffset);
       process.stdout.write(JSON.stringify({ block: block.name, at, length, hex: Buffer.from(data).toString('hex') }) + '\n');
       return;
     }
@@ -54,6 +55,8 @@ export async function handler(args: ArgumentsCamelCase<ReadArgs>): Promise<void>
       if (!process.stdout.write(text)) await new Promise((r) => process.stdout.once('drain', r));
       done += n;
     }
+    // Printed bytes cannot be taken back: a file that changed meanwhile at least ends in FILE_CHANGED, exit 1.
+    guard.check(snap.model.streamOffset);
   } finally {
     await snap.close();
   }

@@ -59,8 +59,8 @@ export function withSaveOptions<T>(y: Argv<T>, opts: { config?: boolean } = {}):
     .option('downtime-limit', { type: 'string', group: GROUP, describe: 'tolerated downtime in ms, 0..2000000 (QEMU default 300)' })
     .option('max-bandwidth', { type: 'string', group: GROUP, describe: 'bytes per second, e.g. 1G/s; 0 = no limit (QEMU default 128M/s)' })
     .option('x-checkpoint-delay', { type: 'string', group: GROUP, describe: 'COLO checkpoint period in ms, passed to QEMU (QEMU default 20000)' })
-    .option('policy', { type: 'string', group: GROUP, describe: `precopy policy: ${BUILTIN_POLICIES.join(', ')} or a module path (./my-policy.js)` })
-    .option('threshold', { type: 'string', group: GROUP, describe: 'precopy stops iterating below this many dirty bytes (default 100M)' })
+    .option('policy', { type: 'string', group: GROUP, describe: `precopy policy: ${BUILTIN_POLICIES.join(', ')} or a module path (./my-policy.js); default downtime` })
+    .option('threshold', { type: 'string', group: GROUP, describe: 'threshold policy: stop iterating below this many pending bytes (default 100M)' })
     .option('max-iterations', { type: 'string', group: GROUP, describe: 'cap on precopy passes, 1..1000 (default 30)' })
     .option('time-budget', { type: 'string', group: GROUP, describe: 'precopy time budget in ms; 0 = none (default)' })
     .option('on-budget', { type: 'string', group: GROUP, describe: 'when the budget runs out: abort (default) or force' }) as unknown as Argv<T & SaveFlagArgs>;

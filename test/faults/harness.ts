@@ -21,17 +21,8 @@ import { synthesize, type SynthOptions } from '../helpers/synth.js';
 export const CHILD = path.resolve('dist/test/helpers/crash-child.js');
 export const BIN = path.resolve('dist/analyze/bin.js');
 
-/** mulberry32: kill schedules are reproducible from a seed. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32: kill schedules are reproducible from a seed (the simulated guest's generator). */
+export { mulberry32 as rng } from '../../writer/sim-guest.js';
 
 export interface ChildRun {
   /** Phases the child announced, in order; after a kill, the last is where it was. */

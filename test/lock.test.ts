@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { setNoticeHandler } from '../writer/lock.js';
+import { processAlive, setNoticeHandler } from '../writer/lock.js';
 import { patchSnapshot } from '../writer/patch.js';
 import { SnapshotWriter } from '../writer/snapshot-writer.js';
 import { openGuarded } from '../analyze/open.js';
@@ -162,6 +162,19 @@ describe('one writer per target', () => {
 });
 
 describe('temporary files of killed writers', () => {
+  it('a writer killed but not yet reaped (a zombie) holds nothing: its lock is stale at once (CI flake of crash.test.ts)', async () => {
+    const child = spawn('sleep', ['30']);
+    await new Promise((r) => setTimeout(r, 100));
+    const pid = child.pid as number;
+    expect(processAlive(pid)).toBe(true);
+    process.kill(pid, 'SIGKILL');
+    // Stay off the event loop so Node cannot reap it: it is a zombie until then.
+    const until = Date.now() + 200;
+    while (Date.now() < until);
+    expect(fs.readFileSync(`/proc/${pid}/stat`, 'latin1')).toMatch(/\) Z /);
+    expect(processAlive(pid)).toBe(false);
+  });
+
   it('the next writer of the target removes those whose pid is gone (one stderr line each) and reports those whose pid runs', async () => {
     const dir = fresh();
     const target = path.join(dir, 'out.snap');

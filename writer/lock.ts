@@ -2,8 +2,9 @@
  * One writer per target.
  *
  * Node has no flock(), so the lock is a file beside the target,
- * `.NAME.ramsnap-lock`, created with O_EXCL (atomic: of two processes, one
- * creates it and the other gets EEXIST) and holding one line of JSON: the
+ * `.NAME.ramsnap-lock`, made by hard-linking a temporary file that already
+ * holds its content (atomic: of two processes, one links it and the other
+ * gets EEXIST; and a lock is never seen empty). It holds one line of JSON: the
  * owner's pid, its start time (field 22 of /proc/PID/stat, so that a pid
  * the kernel has since given to another process is not taken for the
  * owner), the host name, what it is doing and a random token.
@@ -27,6 +28,8 @@ import path from 'node:path';
 import { RamsnapIoError, StateCode, ioError } from '../format/errors.js';
 
 export const LOCK_SUFFIX = '.ramsnap-lock';
+/** Temporary files beside a target: `.NAME.ramsnap-tmp-PID-HEX` (the writer's, QEMU's part of a save, a lock being made). */
+export const TEMP_MARK = '.ramsnap-tmp-';
 /** A patch's redo journal (journal.ts); named here so that every writer can see that one is pending. */
 export const JOURNAL_SUFFIX = '.ramsnap-journal';
 
@@ -72,6 +75,16 @@ export function processStartTime(pid: number): string | undefined {
   }
 }
 
+/** Linux process state letter (`R`, `S`, `Z`, ...) from /proc, or undefined. */
+function processState(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether process `pid` (started at `start`, when known) is still running on this host. */
 export function processAlive(pid: number, start?: string): boolean {
   if (!Number.isSafeInteger(pid) || pid <= 0) return false;
@@ -81,6 +94,9 @@ export function processAlive(pid: number, start?: string): boolean {
     // EPERM: it exists but belongs to someone else.
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  // A killed process stays a zombie until its parent reaps it: it writes nothing and holds nothing.
+  const state = processState(pid);
+  if (state === 'Z' || state === 'X') return false;
   if (start === undefined) return true;
   const now = processStartTime(pid);
   return now === undefined || now === start;
@@ -131,29 +147,42 @@ export class TargetLock {
       since: new Date().toISOString(),
       token: crypto.randomBytes(8).toString('hex'),
     };
-    // Two rounds: the second after breaking a stale lock.
-    for (let round = 0; round < 2; round++) {
-      let fd: number;
-      try {
-        fd = fs.openSync(lockPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, lockPath, 'create the lock file');
-        const stale = staleOwner(lockPath);
-        if (stale === 'gone') continue; // released meanwhile: try again
-        if (!stale.stale) throw lockedError(target, lockPath, stale.owner);
-        if (breakStale(lockPath, stale.text)) {
-          notice(`took over the lock of ${target} left by ${stale.owner ? `pid ${stale.owner.pid} (${stale.owner.op}), which is no longer running` : 'a process killed while taking it'}`);
+    // The lock appears whole or not at all: written under a temporary name (which the next
+    // writer removes if we are killed before the link), then hard-linked to the lock's name,
+    // which fails with EEXIST when the lock is held. An O_EXCL create followed by a write
+    // would leave an empty lock to a process killed between the two.
+    const tempPath = sidecarPath(target, `${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+    try {
+      fs.writeFileSync(tempPath, `${JSON.stringify(me)}\n`, { flag: 'wx', mode: 0o644 });
+    } catch (err) {
+      // EEXIST: the name is someone else's file, not ours to remove.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') fs.rmSync(tempPath, { force: true });
+      throw ioError(err, tempPath, 'create the lock file');
+    }
+    let taken = false;
+    try {
+      // Two rounds: the second after breaking a stale lock.
+      for (let round = 0; round < 2 && !taken; round++) {
+        try {
+          fs.linkSync(tempPath, lockPath);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, lockPath, 'create the lock file');
+          const stale = staleOwner(lockPath);
+          if (stale === 'gone') continue; // released meanwhile: try again
+          if (!stale.stale) throw lockedError(target, lockPath, stale.owner);
+          if (breakStale(lockPath, stale.text)) {
+            notice(`took over the lock of ${target} left by ${stale.owner ? `pid ${stale.owner.pid} (${stale.owner.op}), which is no longer running` : 'a process killed while taking it'}`);
+          }
+          continue;
         }
-        continue;
+        taken = true;
       }
-      try {
-        fs.writeSync(fd, `${JSON.stringify(me)}\n`);
-      } catch (err) {
-        fs.closeSync(fd);
-        fs.rmSync(lockPath, { force: true });
-        throw ioError(err, lockPath, 'write');
-      }
-      fs.closeSync(fd);
+    } finally {
+      fs.rmSync(tempPath, { force: true });
+    }
+    if (taken) {
+      // Holding the lock, no ramsnap writer of this target runs but us: what killed ones left can go.
+      removeStaleTemps(path.dirname(lockPath), path.basename(path.resolve(target)));
       return new TargetLock(target, lockPath, me.token);
     }
     const again = staleOwner(lockPath);
@@ -228,4 +257,42 @@ function breakStale(lockPath: string, staleText: string): boolean {
   }
   fs.rmSync(aside, { force: true });
   return false;
+}
+
+/** `.NAME.ramsnap-tmp-PID-HEX`: the pid that made it. */
+const TEMP_NAME = /^(\d+)-[0-9a-f]{8}$/;
+
+/**
+ * Removes the temporary files of target `name` in `dir` whose writer is
+ * gone, one notice each; reports those it cannot remove or whose pid still
+ * runs. Called by TargetLock.acquire once the lock is ours, so none of
+ * them is being written by a ramsnap writer of this target (our own pid's
+ * are leftovers too; a running pid's may be a lock that another process
+ * is trying to take).
+ */
+export function removeStaleTemps(dir: string, name: string): void {
+  const prefix = `.${name}${TEMP_MARK}`;
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(dir);
+  } catch {
+    return; // an unreadable directory: creating the temporary file will say what is wrong
+  }
+  for (const entry of entries) {
+    if (!entry.startsWith(prefix)) continue;
+    const m = TEMP_NAME.exec(entry.slice(prefix.length));
+    if (!m) continue;
+    const pid = Number(m[1]);
+    const file = path.join(dir, entry);
+    if (pid !== process.pid && processAlive(pid)) {
+      notice(`temporary file ${file} belongs to running pid ${pid}; left in place`);
+      continue;
+    }
+    try {
+      fs.unlinkSync(file);
+      notice(`removed stale temporary file ${file} (left by pid ${pid})`);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') notice(`cannot remove stale temporary file ${file}: ${(err as Error).message}`);
+    }
+  }
 }

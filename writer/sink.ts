@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { RamsnapIoError, StateCode, ioError } from '../format/errors.js';
-import { JOURNAL_SUFFIX, TargetLock, notice, processAlive, sidecarPath } from './lock.js';
+import { JOURNAL_SUFFIX, TEMP_MARK, TargetLock, notice, processAlive, sidecarPath } from './lock.js';
 
 export class FileSink {
   /** Writes in flight: close() waits for them, so a reused descriptor number never receives them. */
@@ -81,7 +81,7 @@ export function syncDirectory(dir: string): void {
 }
 
 /** Temporary files are named so that a later run can find and remove what a killed one left. */
-export const TEMP_MARK = '.ramsnap-tmp-';
+export { TEMP_MARK };
 
 /**
  * A file built under a temporary name next to its target and renamed onto
@@ -128,7 +128,6 @@ export class TempFile extends FileSink {
         notice(`removed the journal of a patch of ${target}, which no longer exists (${journal})`);
       }
       const dir = path.dirname(path.resolve(target));
-      removeStaleTemps(dir, path.basename(target));
       const tempPath = path.join(dir, `.${path.basename(target)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
       let fd: number;
       try {
@@ -171,39 +170,3 @@ export class TempFile extends FileSink {
   }
 }
 
-/** `.NAME.ramsnap-tmp-PID-HEX`: the pid that made it. */
-const TEMP_NAME = /^(\d+)-[0-9a-f]{8}$/;
-
-/**
- * Removes the temporary files of target `name` in `dir` whose writer is
- * gone, one notice each; reports those it cannot remove or whose pid still
- * runs. Called with the target's lock held, so none of them is being
- * written by a ramsnap process that takes the lock (our own pid's are
- * leftovers too).
- */
-export function removeStaleTemps(dir: string, name: string): void {
-  const prefix = `.${name}${TEMP_MARK}`;
-  let entries: string[];
-  try {
-    entries = fs.readdirSync(dir);
-  } catch {
-    return; // an unreadable directory: creating the temporary file will say what is wrong
-  }
-  for (const entry of entries) {
-    if (!entry.startsWith(prefix)) continue;
-    const m = TEMP_NAME.exec(entry.slice(prefix.length));
-    if (!m) continue;
-    const pid = Number(m[1]);
-    const file = path.join(dir, entry);
-    if (pid !== process.pid && processAlive(pid)) {
-      notice(`temporary file ${file} belongs to running pid ${pid}; left in place`);
-      continue;
-    }
-    try {
-      fs.unlinkSync(file);
-      notice(`removed stale temporary file ${file} (left by pid ${pid})`);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') notice(`cannot remove stale temporary file ${file}: ${(err as Error).message}`);
-    }
-  }
-}

@@ -219,6 +219,20 @@ export function beside(target: string): Beside {
 }
 
 /**
+ * Whether temporary file `file` is a lock being taken (writer/lock.ts
+ * writes the lock under a temporary name, then links it into place): a
+ * writer killed in between leaves it, and the next run removes it.
+ */
+export function isLockTemp(file: string): boolean {
+  try {
+    const owner = JSON.parse(fs.readFileSync(file, 'utf8')) as { token?: unknown; pid?: unknown };
+    return typeof owner.token === 'string' && typeof owner.pid === 'number';
+  } catch {
+    return false;
+  }
+}
+
+/**
  * The next run of a writer of `target`: opens a SnapshotWriter on it
  * (force) and aborts, which takes over a stale lock and removes stale
  * temporary files. Returns its notices and what is left beside the target.

@@ -41,10 +41,19 @@ export interface Fault {
   errno: 'EIO' | 'ENOSPC';
 }
 
+/**
+ * `holdAt`: on entering this phase the child stops (blocks) for up to
+ * HOLD_MS, so that a parent killing it a few ms after the phase line is
+ * sure to land in that phase however loaded the machine is.
+ */
 export type Job =
-  | { mode: 'write'; target: string; plan: PlanOptions; seed: number; delayMs: number; fail?: Fault }
+  | { mode: 'write'; target: string; plan: PlanOptions; seed: number; delayMs: number; fail?: Fault; holdAt?: string }
   /** `layout`: a mapped-ram file laid out like the one written or patched, to name the regions writes hit. */
-  | { mode: 'cli'; argv: string[]; layout?: string; offset?: number; delayMs: number; fail?: Fault };
+  | { mode: 'cli'; argv: string[]; layout?: string; offset?: number; delayMs: number; fail?: Fault; holdAt?: string };
+
+/** Longest hold at `holdAt` (the parent's kill normally ends it within ms). */
+const HOLD_MS = 10_000;
+let holdAt: string | undefined;
 
 /** What the writer writes in mode 'write': page p of block b is non-zero when (p + b) is even. */
 export function intendedPage(blockIndex: number, page: number, pageSize: number, seed: number): Uint8Array | undefined {
@@ -66,6 +75,10 @@ function phase(name: string): void {
   last = name;
   seen.add(name);
   fs.writeSync(1, `@phase ${name}\n`);
+  if (name === holdAt) {
+    holdAt = undefined;
+    spin(HOLD_MS);
+  }
 }
 
 function spin(ms: number): void {
@@ -95,7 +108,6 @@ function instrument(regions: () => Region[], delayMs: number, fail?: Fault): voi
   const openSync = fs.openSync;
   (fs as unknown as Record<string, unknown>).openSync = (...a: unknown[]): number => {
     const p = String(a[0]);
-    if (p.endsWith(LOCK_SUFFIX)) phase('lock');
     const fd = (openSync as (...x: unknown[]) => number)(...a);
     fdPaths.set(fd, p);
     return fd;
@@ -155,6 +167,15 @@ function instrument(regions: () => Region[], delayMs: number, fail?: Fault): voi
     }
     rmSync(p, o);
   };
+  const linkSync = fs.linkSync;
+  fs.linkSync = (from, to): void => {
+    // writer/lock.ts takes the lock by linking a written temporary file to the lock's name.
+    if (String(to).endsWith(LOCK_SUFFIX)) {
+      phase('lock');
+      spin(delayMs * 5);
+    }
+    linkSync(from, to);
+  };
   const unlinkSync = fs.unlinkSync;
   fs.unlinkSync = (p): void => {
     if (String(p).endsWith(LOCK_SUFFIX)) {
@@ -166,6 +187,7 @@ function instrument(regions: () => Region[], delayMs: number, fail?: Fault): voi
 }
 
 async function main(job: Job): Promise<number> {
+  holdAt = job.holdAt;
   if (job.mode === 'write') {
     const plan = planLayout(job.plan);
     const regions: Region[] = [];

@@ -4,8 +4,10 @@
  * present pages that hold only zeros, stay holes.
  *
  * The copy is one positional read per run of present pages (split into
- * chunks) and one positional write per run of non-zero pages, with a few
- * chunks in flight on libuv's thread pool and buffers reused from a pool.
+ * chunks) and one positional write per run of non-zero pages, into one
+ * reused buffer. A mapped-ram block is copied with synchronous reads and
+ * writes in slices of 20 ms (the event loop runs in between); a legacy
+ * block keeps a few chunks in flight on libuv's thread pool.
  */
 import fs from 'node:fs';
 import { constants as C } from 'node:fs';
@@ -20,11 +22,11 @@ export interface ExtractOptions {
   /** Called with bytes of guest memory covered so far (present and absent). */
   onProgress?: (bytesDone: number) => void;
   /**
-   * Bytes per read (default 1 MiB). Four 1 MiB buffers stay in the CPU
-   * caches; 4 MiB ones measured 1.3-2x slower for the same copy.
+   * Bytes per read: default 256 KiB for a mapped-ram block (copied on this
+   * thread), 1 MiB for a legacy one (copied on libuv's thread pool).
    */
   chunkBytes?: number;
-  /** Reads and writes in flight (default 4, libuv's thread pool size). */
+  /** Reads and writes in flight for a legacy block (default 4, libuv's thread pool size). */
   concurrency?: number;
   /**
    * Ignore the bitmap and copy the block's page region as it is in the file
@@ -87,9 +89,25 @@ interface Chunk {
   length: number;
 }
 
+/**
+ * Bytes per read on the synchronous path. Two 256 KiB copies (page cache to
+ * buffer, buffer to page cache) stay in the L2 cache; measured on a 2 GiB
+ * guest with 1 GiB present (page cache warm, 2 cores): 128 KiB 290 ms,
+ * 256 KiB 256 ms, 1 MiB 520-800 ms, against 276 ms for cp --sparse=always.
+ */
+const SYNC_CHUNK_BYTES = 256 << 10;
+/** The synchronous copy hands the event loop back this often (progress, signals). */
+const SYNC_SLICE_MS = 20;
+
 async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: string, opts: ExtractOptions): Promise<ExtractResult> {
   const ps = block.pageSize;
-  const chunkPages = Math.max(1, Math.floor((opts.chunkBytes ?? 1 << 20) / ps));
+  const source = snap.source;
+  // A mapped-ram block from a source that reads synchronously is copied on this thread: per read
+  // and write, a hop through libuv's thread pool costs more than the copy of a cached chunk
+  // (4 reads in flight took 1.5x the time of this loop). Legacy blocks, with their strided
+  // records, and sources without readSync go through Snapshot.read on the pool.
+  const sync = source.readSync !== undefined && (block.mappedRam !== undefined || opts.raw === true);
+  const chunkPages = Math.max(1, Math.floor((opts.chunkBytes ?? (sync ? SYNC_CHUNK_BYTES : 1 << 20)) / ps));
   const concurrency = Math.max(1, opts.concurrency ?? 4);
   const zeroPage = Buffer.alloc(ps);
   let bytesWritten = 0;
@@ -98,41 +116,70 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
 
   const limitPages = Math.min(block.pages, Math.floor((opts.limitBytes ?? block.usedLength) / ps));
   const chunks = opts.raw ? rawChunks(snap, block, chunkPages) : presentChunks(snap, block, chunkPages, limitPages);
-  const reader = opts.raw ? readRaw : (c: Chunk, buf: Buffer, scratch: Buffer) => snap.read(block, c.at, c.length, buf, scratch);
-  function readRaw(c: Chunk, buf: Buffer): Promise<Uint8Array> {
-    return snap.source.read((block.mappedRam?.pagesOffset ?? 0) + c.at, c.length, `ramblock[${block.name}].pages`, buf);
-  }
+  const field = `ramblock[${block.name}].pages`;
+  const pagesOffset = block.mappedRam?.pagesOffset ?? 0;
+  // The first byte settles most pages; compare() checks the rest without a view per page.
+  const isZero = (buf: Buffer, p: number): boolean => buf[p * ps] === 0 && zeroPage.compare(buf, p * ps, (p + 1) * ps) === 0;
+  const progress = (c: Chunk): void => {
+    if (opts.onProgress && c.at + c.length - lastProgressAt >= 1 << 20) {
+      lastProgressAt = c.at + c.length;
+      opts.onProgress(lastProgressAt);
+    }
+  };
 
-  const worker = async (): Promise<void> => {
+  if (sync) {
+    const readSync = source.readSync!.bind(source);
     const buf = Buffer.allocUnsafe(chunkPages * ps);
-    // Legacy page records are spread out by their headers: read the span once into scratch.
-    const scratch = block.legacy ? Buffer.allocUnsafe(chunkPages * (ps + LEGACY_RECORD_OVERHEAD)) : buf;
-    const isZero = (p: number): boolean => buf[p * ps] === 0 && zeroPage.equals(buf.subarray(p * ps, (p + 1) * ps));
-    for (;;) {
-      const next = chunks.next();
-      if (next.done) return;
-      const c = next.value;
-      await reader(c, buf, scratch);
+    let sliceStart = performance.now();
+    for (const c of chunks) {
+      readSync(pagesOffset + c.at, c.length, field, buf);
       bytesPresent += c.length;
-      // Write runs of non-zero pages; all-zero pages stay holes. The first byte settles most pages.
-      let p = 0;
       const n = c.length / ps;
-      while (p < n) {
-        while (p < n && isZero(p)) p++;
+      for (let p = 0; p < n; ) {
+        while (p < n && isZero(buf, p)) p++;
         const start = p;
-        while (p < n && !isZero(p)) p++;
+        while (p < n && !isZero(buf, p)) p++;
         if (p > start) {
-          await writeAll(fd, buf.subarray(start * ps, p * ps), c.at + start * ps, path);
+          writeAllSync(fd, buf.subarray(start * ps, p * ps), c.at + start * ps, path);
           bytesWritten += (p - start) * ps;
         }
       }
-      if (opts.onProgress && c.at + c.length - lastProgressAt >= 1 << 20) {
-        lastProgressAt = c.at + c.length;
-        opts.onProgress(lastProgressAt);
+      progress(c);
+      if (performance.now() - sliceStart >= SYNC_SLICE_MS) {
+        await new Promise((resolve) => setImmediate(resolve));
+        sliceStart = performance.now();
       }
     }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
+  } else {
+    const reader = opts.raw
+      ? (c: Chunk, buf: Buffer): Promise<Uint8Array> => source.read(pagesOffset + c.at, c.length, field, buf)
+      : (c: Chunk, buf: Buffer, scratch: Buffer): Promise<Uint8Array> => snap.read(block, c.at, c.length, buf, scratch);
+    const worker = async (): Promise<void> => {
+      const buf = Buffer.allocUnsafe(chunkPages * ps);
+      // Legacy page records are spread out by their headers: read the span once into scratch.
+      const scratch = block.legacy ? Buffer.allocUnsafe(chunkPages * (ps + LEGACY_RECORD_OVERHEAD)) : buf;
+      for (;;) {
+        const next = chunks.next();
+        if (next.done) return;
+        const c = next.value;
+        await reader(c, buf, scratch);
+        bytesPresent += c.length;
+        // Write runs of non-zero pages; all-zero pages stay holes.
+        const n = c.length / ps;
+        for (let p = 0; p < n; ) {
+          while (p < n && isZero(buf, p)) p++;
+          const start = p;
+          while (p < n && !isZero(buf, p)) p++;
+          if (p > start) {
+            await writeAll(fd, buf.subarray(start * ps, p * ps), c.at + start * ps, path);
+            bytesWritten += (p - start) * ps;
+          }
+        }
+        progress(c);
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+  }
   opts.onProgress?.(block.usedLength);
   return { path, block: block.name, usedLength: block.usedLength, bytesWritten, bytesPresent };
 }
@@ -152,6 +199,16 @@ function* rawChunks(snap: Snapshot, block: RamBlock, chunkPages: number): Genera
   for (let p = 0; p < pagesInFile; p += chunkPages) {
     const n = Math.min(chunkPages, pagesInFile - p);
     yield { at: p * block.pageSize, length: n * block.pageSize };
+  }
+}
+
+function writeAllSync(fd: number, data: Uint8Array, position: number, path: string): void {
+  for (let done = 0; done < data.length; ) {
+    try {
+      done += fs.writeSync(fd, data, done, data.length - done, position + done);
+    } catch (err) {
+      throw ioError(err, path, 'write');
+    }
   }
 }
 

@@ -85,7 +85,8 @@
  * the end, also on error or Ctrl-C. The whole bench takes 4-5 minutes on
  * two cores. Environment: BENCH_RUNS, ANALYZE_MIGRATION, QEMU_SYSTEM_X86_64,
  * TMPDIR, BENCH_VERBOSE=1 (every run's time), BENCH_ONLY=precopy (only the
- * precopy table and the live saves of a real guest: test/bench/precopy.ts).
+ * precopy table and the live saves of a real guest: test/bench/precopy.ts),
+ * BENCH_ONLY=extract (only the 2 GiB mapped-ram extract group).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -198,6 +199,14 @@ async function main(): Promise<void> {
   if (!haveQemu) notes.push(`QEMU: ${QEMU_BINARY} (>= 9) not found: QEMU rows skipped, 2 GiB and 64 GiB files synthesized with test/helpers/synth.ts, legacy rows skipped`);
   else notes.push(`QEMU: ${firstLine(spawnSync(QEMU_BINARY, ['--version'], { encoding: 'utf8' }).stdout)}, accel ${kvmAvailable() ? 'kvm' : 'tcg'}`);
 
+  // BENCH_ONLY=extract: only the 2 GiB mapped-ram extract group (a minute or two).
+  if (ONLY === 'extract') {
+    const guestInputs = haveQemu ? await qemuInputs() : syntheticInputs();
+    dropMemFile();
+    await extractGroup({ ...guestInputs, big: '', bigByQemu: false }, haveQemu);
+    process.stdout.write('\n' + renderTable(rows) + '\n\n' + notes.map((n) => `- ${n}`).join('\n') + '\n');
+    return;
+  }
   // BENCH_ONLY=precopy: only the precopy table (issue 4), a minute or two.
   if (ONLY !== 'precopy') {
     const guestInputs = haveQemu ? await qemuInputs() : syntheticInputs();

@@ -204,7 +204,7 @@ async function main(): Promise<void> {
     const guestInputs = haveQemu ? await qemuInputs() : syntheticInputs();
     dropMemFile();
     await extractGroup({ ...guestInputs, big: '', bigByQemu: false }, haveQemu);
-    process.stdout.write('\n' + renderTable(rows) + '\n\n' + notes.map((n) => `- ${n}`).join('\n') + '\n');
+    process.stdout.write('\n' + renderTable([...rows, ...contextRows]) + '\n\n' + notes.map((n) => `- ${n}`).join('\n') + '\n');
     return;
   }
   // BENCH_ONLY=precopy: only the precopy table (issue 4), a minute or two.
@@ -511,6 +511,10 @@ async function extractGroup(inputs: Inputs, haveQemu: boolean): Promise<void> {
   const contenders: Contender[] = [
     { name: 'ramsnap', run: timedThenDrop(out, () => ramsnap(['extract', file, '-o', out])) },
     { name: 'cp', run: timedThenDrop(cpOut, () => timeCommand('cp', ['--sparse=always', file, cpOut])) },
+    // The same command with Node's start-up and the CLI's module load left out (timed-cli.ts), and
+    // the start-up of an empty Node program: what any Node CLI pays before its first line runs.
+    { name: 'ramsnap in-process', run: timedThenDrop(out, () => inProcess(TIMED_CLI, ['extract', file, '-o', out]).runMs) },
+    { name: 'node -e 0', run: async () => timeCommand(process.execPath, ['-e', '0']) },
   ];
   // Restore into anonymous RAM under the same backend id: RAMBlock names must match the file's.
   const dest: Guest = { dir: tmp, args: q35Args(GUEST_BYTES, `memory-backend-ram,id=mem0,size=${GUEST_BYTES}`) };
@@ -539,6 +543,9 @@ async function extractGroup(inputs: Inputs, haveQemu: boolean): Promise<void> {
   const x = ms(m, 'ramsnap');
   const src = inputs.byQemu ? '' : ' (synthetic file)';
   rows.push(ratioRow(`extract, 2 GiB mapped-ram${src} vs cp --sparse=always`, x, ms(m, 'cp'), 'cp', EXTRACT_RATIO));
+  rows.push(ratioRow(`extract, 2 GiB mapped-ram${src}, in-process (no Node start-up or module load) vs cp --sparse=always`, ms(m, 'ramsnap in-process'), ms(m, 'cp'), 'cp'));
+  contextRows.push(contextRow('start-up of an empty Node program (`node -e 0`), in every ramsnap command', ms(m, 'node -e 0'), 'node'));
+  if (process.env.NODE_EXTRA_CA_CERTS) notes.push(`NODE_EXTRA_CA_CERTS is set here: Node reads ${process.env.NODE_EXTRA_CA_CERTS} at every start-up (about 45 ms on this machine), in every ramsnap run`);
   if (haveQemu) {
     rows.push(ratioRow('extract, 2 GiB mapped-ram vs QEMU restore', x, ms(m, 'restore'), 'QEMU restore', 1));
     rows.push(ratioRow('extract, 2 GiB mapped-ram vs QEMU restore, multifd 4', x, ms(m, 'restore multifd 4'), 'QEMU restore mf4'));

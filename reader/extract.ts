@@ -120,6 +120,15 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
   const pagesOffset = block.mappedRam?.pagesOffset ?? 0;
   // The first byte settles most pages; compare() checks the rest without a view per page.
   const isZero = (buf: Buffer, p: number): boolean => buf[p * ps] === 0 && zeroPage.compare(buf, p * ps, (p + 1) * ps) === 0;
+  /** Runs [start, end) of non-zero pages among the first `n` of `buf`: what is written (all-zero pages stay holes). */
+  function* nonZeroRuns(buf: Buffer, n: number): Generator<[number, number]> {
+    for (let p = 0; p < n; ) {
+      while (p < n && isZero(buf, p)) p++;
+      const start = p;
+      while (p < n && !isZero(buf, p)) p++;
+      if (p > start) yield [start, p];
+    }
+  }
   const progress = (c: Chunk): void => {
     if (opts.onProgress && c.at + c.length - lastProgressAt >= 1 << 20) {
       lastProgressAt = c.at + c.length;
@@ -134,15 +143,9 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
     for (const c of chunks) {
       readSync(pagesOffset + c.at, c.length, field, buf);
       bytesPresent += c.length;
-      const n = c.length / ps;
-      for (let p = 0; p < n; ) {
-        while (p < n && isZero(buf, p)) p++;
-        const start = p;
-        while (p < n && !isZero(buf, p)) p++;
-        if (p > start) {
-          writeAllSync(fd, buf.subarray(start * ps, p * ps), c.at + start * ps, path);
-          bytesWritten += (p - start) * ps;
-        }
+      for (const [start, end] of nonZeroRuns(buf, c.length / ps)) {
+        writeAllSync(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
+        bytesWritten += (end - start) * ps;
       }
       progress(c);
       if (performance.now() - sliceStart >= SYNC_SLICE_MS) {
@@ -164,16 +167,9 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
         const c = next.value;
         await reader(c, buf, scratch);
         bytesPresent += c.length;
-        // Write runs of non-zero pages; all-zero pages stay holes.
-        const n = c.length / ps;
-        for (let p = 0; p < n; ) {
-          while (p < n && isZero(buf, p)) p++;
-          const start = p;
-          while (p < n && !isZero(buf, p)) p++;
-          if (p > start) {
-            await writeAll(fd, buf.subarray(start * ps, p * ps), c.at + start * ps, path);
-            bytesWritten += (p - start) * ps;
-          }
+        for (const [start, end] of nonZeroRuns(buf, c.length / ps)) {
+          await writeAll(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
+          bytesWritten += (end - start) * ps;
         }
         progress(c);
       }

@@ -35,7 +35,7 @@ import { Snapshot } from '../reader/snapshot.js';
 import { PATCH_MARKER } from '../writer/journal.js';
 import { intendedPage, type Job } from './helpers/crash-child.js';
 import { pageBytes } from './helpers/synth.js';
-import { BIN, CHILD, beside, cli, errorCode, isLockTemp, lastPhase, memory, nextWriterRun, pool, readerView, rng, runChild, sameMemory, tally, writeSynth, type ChildRun } from './faults/harness.js';
+import { BIN, CHILD, beside, cli, isLockTemp, lastPhase, memory, nextWriterRun, pool, readerView, rng, runChild, sameMemory, tally, writeSynth, type ChildRun } from './faults/harness.js';
 
 const PS = 4096;
 const SEED = Number(process.env.CRASH_SEED ?? Date.now() % 1e9);

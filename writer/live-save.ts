@@ -18,9 +18,7 @@
  * file with x-ignore-shared in its configuration only restores where the
  * shared RAM is.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
 import type { Configuration } from '../format/configuration.js';
 import { CAP_X_IGNORE_SHARED } from '../format/constants.js';
 import { RamsnapError, RamsnapUsageError } from '../format/errors.js';
@@ -30,7 +28,8 @@ import { precopy, type PrecopyPolicy, type PrecopyResult, type PrecopyStats } fr
 import { QmpClient, type Json } from './qmp.js';
 import { SharedFileSource, type SharedBlock } from './ram-source.js';
 import { realClock } from './sim-guest.js';
-import { SnapshotWriter, TEMP_MARK } from './snapshot-writer.js';
+import { tempPathFor } from './lock.js';
+import { SnapshotWriter } from './snapshot-writer.js';
 import { deviceStateOf } from './template.js';
 
 /** What happens to the source guest once its state is saved. */
@@ -203,7 +202,7 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
   let wasRunning = false;
   let saved: Settings | undefined;
   // Named like the writer's temporary file, so a killed save's leftover is removed by the next writer of the target.
-  const tailPath = path.join(path.dirname(path.resolve(o.output)), `.${path.basename(o.output)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+  const tailPath = tempPathFor(o.output);
   try {
     const d = await discover(qmp, o);
     wasRunning = d.running;

@@ -49,6 +49,15 @@ export function sidecarPath(target: string, suffix: string): string {
   return path.join(dir, `.${path.basename(abs)}${suffix}`);
 }
 
+/**
+ * A new temporary file's path beside `target`: `.NAME.ramsnap-tmp-PID-HEX`,
+ * named so that a later writer of the target can tell whose it is and
+ * remove it once that process is gone (removeStaleTemps).
+ */
+export function tempPathFor(target: string): string {
+  return sidecarPath(target, `${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+}
+
 /** Where notices go (stale locks taken over, temporary files removed): one line each. */
 let noticeHandler: (line: string) => void = (line) => void process.stderr.write(`ramsnap: ${line}\n`);
 
@@ -151,7 +160,7 @@ export class TargetLock {
     // writer removes if we are killed before the link), then hard-linked to the lock's name,
     // which fails with EEXIST when the lock is held. An O_EXCL create followed by a write
     // would leave an empty lock to a process killed between the two.
-    const tempPath = sidecarPath(target, `${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+    const tempPath = tempPathFor(target);
     try {
       fs.writeFileSync(tempPath, `${JSON.stringify(me)}\n`, { flag: 'wx', mode: 0o644 });
     } catch (err) {

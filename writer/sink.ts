@@ -3,11 +3,10 @@
  * RandomAccessSource, with every OS error turned into a RamsnapIoError
  * (disk full is IO_ENOSPC).
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { RamsnapIoError, StateCode, ioError } from '../format/errors.js';
-import { JOURNAL_SUFFIX, TEMP_MARK, TargetLock, notice, processAlive, sidecarPath } from './lock.js';
+import { JOURNAL_SUFFIX, TEMP_MARK, TargetLock, notice, sidecarPath, tempPathFor } from './lock.js';
 
 export class FileSink {
   /** Writes in flight: close() waits for them, so a reused descriptor number never receives them. */
@@ -127,8 +126,7 @@ export class TempFile extends FileSink {
         fs.rmSync(journal, { force: true });
         notice(`removed the journal of a patch of ${target}, which no longer exists (${journal})`);
       }
-      const dir = path.dirname(path.resolve(target));
-      const tempPath = path.join(dir, `.${path.basename(target)}${TEMP_MARK}${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+      const tempPath = tempPathFor(target);
       let fd: number;
       try {
         fd = fs.openSync(tempPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);

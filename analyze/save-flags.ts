@@ -15,7 +15,7 @@ import {
   mergeOptionInputs,
   type SaveOptions,
   type Violation,
-} from '../writer/save-options.js';
+} from '../vm/save-options.js';
 
 export interface SaveFlagArgs {
   config?: string;

@@ -18,8 +18,8 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { checkDirtyGuestMemory, readDirtyGuestRecord, startDirtyGuest, type DirtyGuest } from '../fixtures/dirty-guest.js';
 import { Qemu, qemuAvailable, sleep } from '../fixtures/qemu.js';
 import { Snapshot } from '../reader/snapshot.js';
-import { liveSave } from '../writer/live-save.js';
-import { builtinPolicy } from '../writer/policies.js';
+import { liveSave } from '../vm/live-save.js';
+import { builtinPolicy } from '../vm/policies.js';
 
 const HAVE_QEMU = qemuAvailable();
 const BIN = path.resolve('dist/analyze/bin.js');

@@ -12,10 +12,10 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RamsnapError } from '../format/errors.js';
 import { Snapshot } from '../reader/snapshot.js';
-import { classicPolicy, downtimePolicy, expectedDowntimeMs, loadPolicy, thresholdPolicy } from '../writer/policies.js';
-import { precopy, type PageWriter, type PrecopyPolicy, type PrecopyStats } from '../writer/precopy.js';
-import { SharedFileSource, hashPage } from '../writer/ram-source.js';
-import { SimulatedGuest, VirtualClock, type DirtyPattern } from '../writer/sim-guest.js';
+import { classicPolicy, downtimePolicy, expectedDowntimeMs, loadPolicy, thresholdPolicy } from '../vm/policies.js';
+import { precopy, type PageWriter, type PrecopyPolicy, type PrecopyStats } from '../vm/precopy.js';
+import { SharedFileSource, hashPage } from '../vm/ram-source.js';
+import { SimulatedGuest, VirtualClock, type DirtyPattern } from '../vm/sim-guest.js';
 import { SnapshotWriter, TEMP_MARK } from '../writer/snapshot-writer.js';
 
 const PS = 4096;

@@ -26,7 +26,7 @@ import {
   qemuParameters,
   qemuTailSettings,
   type Violation,
-} from '../writer/save-options.js';
+} from '../vm/save-options.js';
 
 function repoRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));

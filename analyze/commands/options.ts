@@ -1,5 +1,5 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
-import { qemuTailSettings, type SaveOptions, type Violation } from '../../writer/save-options.js';
+import { qemuTailSettings, type SaveOptions, type Violation } from '../../vm/save-options.js';
 import { EXIT_INVALID } from '../exit.js';
 import { bytes, printable, table } from '../human.js';
 import { resolveSaveOptions, withSaveOptions, type SaveFlagArgs } from '../save-flags.js';

@@ -1,9 +1,9 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { RamsnapUsageError } from '../../format/errors.js';
-import { liveSave, type LiveSaveResult, type ThenAction } from '../../writer/live-save.js';
-import { loadPolicy } from '../../writer/policies.js';
-import type { PrecopyPolicy } from '../../writer/precopy.js';
-import { parallelWriters, qemuTailSettings, type SaveOptions } from '../../writer/save-options.js';
+import { liveSave, type LiveSaveResult, type ThenAction } from '../../vm/live-save.js';
+import { loadPolicy } from '../../vm/policies.js';
+import type { PrecopyPolicy } from '../../vm/precopy.js';
+import { parallelWriters, qemuTailSettings, type SaveOptions } from '../../vm/save-options.js';
 import { bytes, printable } from '../human.js';
 import { saveOptionsFromArgv, withSaveOptions, type SaveFlagArgs } from '../save-flags.js';
 

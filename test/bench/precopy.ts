@@ -21,10 +21,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { policyFromOptions } from '../../analyze/commands/save.js';
-import { precopy, type PageWriter, type PrecopyPolicy } from '../../writer/precopy.js';
-import { SharedFileSource, type CollectResult, type DirtyRun, type RamSource } from '../../writer/ram-source.js';
-import { defaultSaveOptions, type SaveOptions } from '../../writer/save-options.js';
-import { SimulatedGuest, VirtualClock } from '../../writer/sim-guest.js';
+import { precopy, type PageWriter, type PrecopyPolicy } from '../../vm/precopy.js';
+import { SharedFileSource, type CollectResult, type DirtyRun, type RamSource } from '../../vm/ram-source.js';
+import { defaultSaveOptions, type SaveOptions } from '../../vm/save-options.js';
+import { SimulatedGuest, VirtualClock } from '../../vm/sim-guest.js';
 import { SnapshotWriter } from '../../writer/snapshot-writer.js';
 
 const MiB = 1 << 20;
@@ -216,7 +216,7 @@ export async function realSaves(tmp: string, log: (s: string) => void = () => {}
 
 async function realGuest(tmp: string, delay: number, log: (s: string) => void): Promise<string[]> {
   const { startDirtyGuest, measureDirtyRate } = await import('../../fixtures/dirty-guest.js');
-  const { liveSave } = await import('../../writer/live-save.js');
+  const { liveSave } = await import('../../vm/live-save.js');
   const dir = fs.mkdtempSync(path.join(tmp, 'live-'));
   const sock = path.join(dir, 'save.qmp');
   const g = await startDirtyGuest({

@@ -22,7 +22,7 @@ export const CHILD = path.resolve('dist/test/helpers/crash-child.js');
 export const BIN = path.resolve('dist/analyze/bin.js');
 
 /** mulberry32: kill schedules are reproducible from a seed (the simulated guest's generator). */
-export { mulberry32 as rng } from '../../writer/sim-guest.js';
+export { mulberry32 as rng } from '../../vm/sim-guest.js';
 
 export interface ChildRun {
   /** Phases the child announced, in order; after a kill, the last is where it was. */

@@ -23,14 +23,14 @@ import type { Configuration } from '../format/configuration.js';
 import { CAP_X_IGNORE_SHARED } from '../format/constants.js';
 import { RamsnapError, RamsnapUsageError } from '../format/errors.js';
 import { Snapshot } from '../reader/snapshot.js';
-import { copyBlock, mappedRamConfiguration, withConfiguration } from './convert.js';
+import { copyBlock, mappedRamConfiguration, withConfiguration } from '../writer/convert.js';
 import { precopy, type PrecopyPolicy, type PrecopyResult, type PrecopyStats } from './precopy.js';
 import { QmpClient, type Json } from './qmp.js';
 import { SharedFileSource, type SharedBlock } from './ram-source.js';
 import { realClock } from './sim-guest.js';
-import { tempPathFor } from './lock.js';
-import { SnapshotWriter } from './snapshot-writer.js';
-import { deviceStateOf } from './template.js';
+import { tempPathFor } from '../writer/lock.js';
+import { SnapshotWriter } from '../writer/snapshot-writer.js';
+import { deviceStateOf } from '../writer/template.js';
 
 /** What happens to the source guest once its state is saved. */
 export type ThenAction = 'stop' | 'resume' | 'quit';

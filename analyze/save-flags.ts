@@ -33,7 +33,7 @@ export interface SaveFlagArgs {
   'on-budget'?: string;
 }
 
-const GROUP = 'Save options (QEMU names and units; SPEC.md §14):';
+const GROUP = 'Save options (QEMU names and units; docs/live-save.md §1):';
 
 /**
  * Adds the save-option flags. `config: false` leaves out `--config` (for a

@@ -45,7 +45,7 @@ export type FormatCode = (typeof FormatCode)[keyof typeof FormatCode];
 
 /**
  * Codes for the state of a file that ramsnap is writing or patching: not
- * rules of the format (a RamsnapIoError carries them). SPEC.md §13.9.
+ * rules of the format (a RamsnapIoError carries them). docs/writers.md §7.
  */
 export const StateCode = {
   /** Another ramsnap process holds the target's lock file. */

@@ -7,7 +7,7 @@
  * writes, and what it leaves is checked. Then disk full: a tmpfs of 8 MiB
  * (ENOSPC) and a file size limit (`ulimit -f`, EFBIG).
  *
- * What holds (SPEC.md §13.8, §13.9; the per-phase tables are printed):
+ * What holds (docs/writers.md §6, §7; the per-phase tables are printed):
  * - writers: nothing is at the target until the rename; after it, the
  *   complete file. A killed run leaves at most one temporary file
  *   `.TARGET.ramsnap-tmp-PID-RANDOM` and the lock `.TARGET.ramsnap-lock`;

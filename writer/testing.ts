@@ -157,9 +157,10 @@ function arbBlockPages(maxPages: number): fc.Arbitrary<number> {
 /**
  * Sets of RAMBlocks, as `BlockSet`s: 1 to 6 blocks (by default) with unique
  * odd names (see `arbBlockName`), sizes from one page to `maxBlockBytes`
- * (1 TiB by default), page size 4 KiB or 8 KiB (or any of `pageSizes`),
- * with or without target-page-bits, and with `layout: 'varied'` other
- * alignments and stream offsets.
+ * (1 TiB by default), page size 4 KiB or 8 KiB (or any of `pageSizes`), a
+ * machine type that goes with the page size (`machinesFor`), with or
+ * without target-page-bits (the writer writes it where QEMU would), and
+ * with `layout: 'varied'` other alignments and stream offsets.
  */
 export function arbBlockSet(opts: BlockSetOptions = {}): fc.Arbitrary<BlockSet> {
   const pageSizes = opts.pageSizes ?? COMMON_PAGE_SIZES;
@@ -177,7 +178,7 @@ export function arbBlockSet(opts: BlockSetOptions = {}): fc.Arbitrary<BlockSet> 
       maxLength: maxBlocks,
       selector: (b) => b.name,
     });
-    const machine = fc.constantFrom('pc-q35-10.0', 'pc-i440fx-10.0', 'virt-10.0', 'sun4u');
+    const machine = fc.constantFrom(...machinesFor(pageSize));
     const targetPageBits = fc.option(fc.constant(Math.log2(pageSize)), { nil: undefined });
     const layout =
       opts.layout === 'varied'
@@ -200,6 +201,16 @@ export function arbBlockSet(opts: BlockSetOptions = {}): fc.Arbitrary<BlockSet> 
       return set;
     });
   });
+}
+
+/**
+ * Machine types a stream with this page size can name: QEMU's own (q35,
+ * pc, virt, pseries at 4 KiB, sun4u at 8 KiB, versatilepb at 1 KiB) and
+ * `none`, whose target the name does not say (format/target.ts).
+ */
+export function machinesFor(pageSize: number): string[] {
+  const own: Record<number, string[]> = { 1024: ['versatilepb'], 4096: ['pc-q35-10.0', 'pc-i440fx-10.0', 'virt-10.0', 'pseries-10.0'], 8192: ['sun4u'] };
+  return [...(own[pageSize] ?? []), 'none'];
 }
 
 /** Labels a page so that fast-check prints `fill(4096, 0x7f)` rather than 4096 numbers. */

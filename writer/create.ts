@@ -11,7 +11,8 @@
  * page size and configuration QEMU writes for the machine's target
  * (format/target.ts; `arch` says the target where the name does not).
  *
- * Images are read in 1 MiB chunks with a few reads in flight; only non-zero
+ * Images are read where they hold data (reader/holes.ts: SEEK_DATA and
+ * SEEK_HOLE), in 1 MiB chunks with a few reads in flight; only non-zero
  * pages are written (SnapshotWriter.writePages tells them apart), so the
  * output is as sparse as QEMU's own files.
  */
@@ -23,6 +24,7 @@ import { LayoutError, checkBlocks } from '../format/layout.js';
 import { TARGETS, TARGET_NAMES, machineTarget, samePageRule, targetPageBitsFor, type TargetInfo } from '../format/target.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { openUnpatched, type ReadGuard } from './journal.js';
+import { HoleMap, type HoleMapKind } from '../reader/holes.js';
 import { COPY_CHUNK, checkConvertible, copyBlock, mappedRamWriterLike, pump, type Chunk, type PageSink } from './convert.js';
 import { SnapshotWriter } from './snapshot-writer.js';
 
@@ -54,11 +56,12 @@ export interface CreateOptions {
 }
 
 export interface CreateResult {
-  blocks: { name: string; usedLength: number; source: string }[];
+  /** Each block written and where its pages came from: an image (`read` says how it was read) or the template. */
+  blocks: { name: string; usedLength: number; source: string; read?: ImageRead }[];
   /** The page size written, and target-page-bits when the stream carries it. */
   pageSize: number;
   targetPageBits?: number;
-  /** Pages read: every page of each image, and the template's present pages of the other blocks (zero pages among them are not written). */
+  /** Pages read: the pages of each image's data extents, and the template's present pages of the other blocks (zero pages among them are not written). */
   pagesRead: number;
   notes: string[];
 }
@@ -239,8 +242,10 @@ async function build(
     for (const b of writer.plan.blocks) {
       const img = byBlock.get(b.name);
       if (img) {
-        pagesRead += await copyImage(img, b.pages, writer);
-        result.push({ name: b.name, usedLength: b.usedLength, source: img.file });
+        const read = await copyImage(img, writer);
+        pagesRead += read.pages;
+        result.push({ name: b.name, usedLength: b.usedLength, source: img.file, read });
+        if (read.holeMap === 'none') notes.push(`${img.file}: every byte read (no hole map: ${read.reason})`);
       } else if (template) {
         pagesRead += await copyBlock(template, template.block(b.name), writer);
         result.push({ name: b.name, usedLength: b.usedLength, source: 'template' });
@@ -273,14 +278,49 @@ function openImage(img: RamImage): OpenImage {
   }
 }
 
-/** Copies a raw image into a block, 1 MiB at a time; returns the pages read. */
-function copyImage(img: OpenImage, pages: number, sink: PageSink): Promise<number> {
+/** What reading one image took. */
+export interface ImageRead {
+  /** Pages read (those in data extents; the rest are holes, zero without a read). */
+  pages: number;
+  /** Data extents the hole map gave (1 when there is no map: everything is read). */
+  extents: number;
+  /** How holes were found: lseek(SEEK_DATA/SEEK_HOLE), or not at all (every page read and compared with zero). */
+  holeMap: HoleMapKind;
+  /** Why there was no hole map. */
+  reason?: string;
+}
+
+/**
+ * Copies a raw image into a block: the pages of its data extents, in
+ * chunks of up to 1 MiB with a few reads in flight; holes are zero pages,
+ * which a fresh block already has (a clear bit), so they are not read.
+ */
+async function copyImage(img: OpenImage, sink: PageSink): Promise<ImageRead> {
   const ps = sink.pageSize;
   const chunkPages = Math.max(1, Math.floor(COPY_CHUNK / ps));
-  function* chunks(): Generator<Chunk> {
-    for (let p = 0; p < pages; p += chunkPages) yield { block: img.block, first: p, count: Math.min(chunkPages, pages - p), data: true };
+  const map = await HoleMap.open(img.fd, img.file);
+  try {
+    let pages = 0;
+    let extents = 0;
+    // Pages already covered: an extent that ends inside a page and the next that starts in it share the page.
+    let donePages = 0;
+    for (let at = 0; at < img.size; ) {
+      const r = await map.extents(at, img.size);
+      extents += r.extents.length;
+      const chunks: Chunk[] = [];
+      for (const e of r.extents) {
+        const first = Math.max(donePages, Math.floor(e.start / ps));
+        const end = Math.ceil(e.end / ps);
+        for (let p = first; p < end; p += chunkPages) chunks.push({ block: img.block, first: p, count: Math.min(chunkPages, end - p), data: true });
+        donePages = Math.max(donePages, end);
+      }
+      pages += await pump(chunks, sink, (c, slot) => readFully(img, c.first * ps, c.count * ps, slot.buf), { chunkBytes: chunkPages * ps });
+      at = r.next;
+    }
+    return { pages, extents, holeMap: map.kind, ...(map.reason !== undefined ? { reason: map.reason } : {}) };
+  } finally {
+    map.close();
   }
-  return pump(chunks(), sink, (c, slot) => readFully(img, c.first * ps, c.count * ps, slot.buf), { chunkBytes: chunkPages * ps });
 }
 
 function readFully(img: OpenImage, position: number, length: number, buf: Buffer): Promise<Uint8Array> {

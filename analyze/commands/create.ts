@@ -52,7 +52,10 @@ export async function handler(args: ArgumentsCamelCase<CreateArgs>): Promise<voi
     process.stdout.write(JSON.stringify({ output: args.output, ...r }, null, 2) + '\n');
     return;
   }
-  for (const b of r.blocks) process.stdout.write(`${printable(b.name)} (${bytes(b.usedLength)}) <- ${printable(b.source)}\n`);
+  for (const b of r.blocks) {
+    const read = b.read ? ` (read ${bytes(b.read.pages * r.pageSize)}${b.read.holeMap === 'seek-data' ? ` in ${b.read.extents} data extents` : ''})` : '';
+    process.stdout.write(`${printable(b.name)} (${bytes(b.usedLength)}) <- ${printable(b.source)}${read}\n`);
+  }
   for (const n of r.notes) process.stdout.write(`note: ${printable(n)}\n`);
   process.stdout.write(`page size ${r.pageSize}${r.targetPageBits !== undefined ? `, target-page-bits ${r.targetPageBits}` : ''}\n`);
   process.stdout.write(`wrote ${printable(args.output)} (mapped-ram)\n`);

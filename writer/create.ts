@@ -22,9 +22,9 @@ import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../format/constants.js';
 import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
 import { LayoutError, checkBlocks } from '../format/layout.js';
 import { TARGETS, TARGET_NAMES, machineTarget, samePageRule, targetPageBitsFor, type TargetInfo } from '../format/target.js';
+import { HoleMap, type HoleMapKind } from '../reader/holes.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { openUnpatched, type ReadGuard } from './journal.js';
-import { HoleMap, type HoleMapKind } from '../reader/holes.js';
 import { COPY_CHUNK, checkConvertible, copyBlock, mappedRamWriterLike, pump, type Chunk, type PageSink } from './convert.js';
 import { SnapshotWriter } from './snapshot-writer.js';
 

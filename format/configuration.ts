@@ -22,8 +22,8 @@ export interface Configuration {
   uuid?: string;
 }
 
-/** Machine type names are short; QEMU's longest are under 64 bytes. */
-const MAX_MACHINE_NAME = 256;
+/** Machine type names are short; QEMU's longest are under 64 bytes. Writers refuse longer ones too. */
+export const MAX_MACHINE_NAME = 256;
 
 /** Decodes the body after the 0x07 type byte. */
 /**
@@ -140,9 +140,14 @@ function formatUuid(u: Uint8Array): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+/** 32 hex digits, with or without the dashes of 8-4-4-4-12. */
+export function isUuid(s: string): boolean {
+  return typeof s === 'string' && /^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$/.test(s);
+}
+
 function parseUuid(s: string): Uint8Array {
+  if (!isUuid(s)) throw new RangeError(`bad uuid ${s}`);
   const h = s.replace(/-/g, '');
-  if (!/^[0-9a-fA-F]{32}$/.test(h)) throw new RangeError(`bad uuid ${s}`);
   const out = new Uint8Array(16);
   for (let i = 0; i < 16; i++) out[i] = parseInt(h.slice(i * 2, i * 2 + 2), 16);
   return out;

@@ -15,12 +15,13 @@
  *
  * Every offset is absolute, also when the stream starts at `streamOffset`.
  */
-import { CAP_MAPPED_RAM, MAPPED_RAM_ALIGNMENT, MAPPED_RAM_HDR_SIZE, MAPPED_RAM_HDR_VERSION, MAX_IDSTR, MAX_PAGE_SIZE, MIN_PAGE_SIZE, RamFlag, Section } from './constants.js';
-import { concat, encodeConfiguration, type Configuration } from './configuration.js';
+import { CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED, MAPPED_RAM_ALIGNMENT, MAPPED_RAM_HDR_SIZE, MAPPED_RAM_HDR_VERSION, MAX_IDSTR, MAX_PAGE_SIZE, MIN_PAGE_SIZE, RamFlag, Section } from './constants.js';
+import { MAX_MACHINE_NAME, concat, encodeConfiguration, isUuid, type Configuration } from './configuration.js';
 import { latin1Bytes } from './cursor.js';
 import { bitmapBytes } from './bitmap.js';
 import { encodeMappedRamHeader, mappedRamPlacement } from './mapped-ram.js';
 import { encodeFileHeader, encodeSectionStart } from './section.js';
+import { TARGETS, machineTarget, targetPageBitsFor } from './target.js';
 
 export interface PlanBlock {
   name: string;
@@ -31,7 +32,7 @@ export interface PlanOptions {
   blocks: PlanBlock[];
   pageSize: number;
   machine: string;
-  /** Capabilities to record besides mapped-ram (only x-ignore-shared is meaningful to QEMU). */
+  /** Capabilities besides mapped-ram: none can be written (see writableConfiguration). */
   capabilities?: string[];
   /** Alignment of every page region, from file byte 0 (default 1 MiB; at least the page size). */
   alignment?: number;
@@ -39,6 +40,11 @@ export interface PlanOptions {
   streamOffset?: number;
   /** Section id of the RAM section (a template's, so device section ids stay unique). */
   ramSectionId?: number;
+  /**
+   * configuration/target-page-bits. For a machine type that decides its
+   * target (format/target.ts) the value QEMU writes is used; a given value
+   * must then agree with the page size.
+   */
   targetPageBits?: number;
   /** The configuration/uuid subsection (QEMU's validate-uuid), kept when converting. */
   uuid?: string;
@@ -84,9 +90,7 @@ export class LayoutError extends RangeError {
 /** Plans a mapped-ram file; throws LayoutError for blocks or options QEMU could not load. */
 export function planLayout(o: PlanOptions): LayoutPlan {
   const ps = o.pageSize;
-  if (!Number.isInteger(ps) || ps < MIN_PAGE_SIZE || ps > MAX_PAGE_SIZE || (ps & (ps - 1)) !== 0) {
-    throw new LayoutError('BAD_PAGE_SIZE', `page size ${ps} is not a power of two from ${MIN_PAGE_SIZE} to ${MAX_PAGE_SIZE}`, 'pageSize');
-  }
+  checkPageSize(ps);
   const alignment = o.alignment ?? MAPPED_RAM_ALIGNMENT;
   // QEMU's loader needs pages_offset aligned to the page size; 1 MiB is the writer's choice (O_DIRECT friendly).
   if (!Number.isSafeInteger(alignment) || alignment < ps || alignment % ps !== 0) {
@@ -94,29 +98,11 @@ export function planLayout(o: PlanOptions): LayoutPlan {
   }
   const streamOffset = o.streamOffset ?? 0;
   if (!Number.isSafeInteger(streamOffset) || streamOffset < 0) throw new LayoutError('BAD_OFFSET', `stream offset ${streamOffset} is not a file offset`, 'streamOffset');
-  if (o.blocks.length === 0) throw new LayoutError('NO_BLOCKS', 'a snapshot needs at least one RAMBlock', 'blocks');
-  const names = new Set<string>();
-  for (const b of o.blocks) {
-    // Names are bytes in the stream (u8 length + bytes): a character above 0xff cannot be written.
-    if (typeof b.name !== 'string' || /[^\x00-\xff]/.test(b.name)) {
-      throw new LayoutError('BAD_BLOCK_NAME', `block name ${JSON.stringify(b.name)} has characters that are not single bytes`, 'blocks.name');
-    }
-    const n = latin1Bytes(b.name).length;
-    if (n === 0 || n > MAX_IDSTR) throw new LayoutError('BAD_BLOCK_NAME', `block name ${JSON.stringify(b.name)} must be 1 to ${MAX_IDSTR} bytes`, 'blocks.name');
-    if (names.has(b.name)) throw new LayoutError('DUPLICATE_BLOCK', `block ${JSON.stringify(b.name)} is listed twice`, 'blocks.name');
-    names.add(b.name);
-    if (!Number.isSafeInteger(b.usedLength) || b.usedLength <= 0 || b.usedLength % ps !== 0) {
-      throw new LayoutError('BAD_BLOCK_LENGTH', `block ${JSON.stringify(b.name)}: length ${b.usedLength} is not a positive multiple of the page size ${ps}`, 'blocks.usedLength');
-    }
-  }
-  const ramSectionId = o.ramSectionId ?? 1;
-  const configuration: Configuration = {
-    machine: o.machine,
-    capabilities: [...new Set([...(o.capabilities ?? []), CAP_MAPPED_RAM])],
-    ...(o.targetPageBits !== undefined ? { targetPageBits: o.targetPageBits } : {}),
-    ...(o.uuid !== undefined ? { uuid: o.uuid } : {}),
-  };
+  checkBlocks(o.blocks, ps);
+  const ramSectionId = checkRamSectionId(o.ramSectionId);
+  const configuration = writableConfiguration({ ...o, capabilities: [...(o.capabilities ?? []), CAP_MAPPED_RAM] }, ps, 'mapped-ram');
   const total = o.blocks.reduce((n, b) => n + b.usedLength, 0);
+  if (!Number.isSafeInteger(total)) throw new LayoutError('BAD_BLOCK_LENGTH', `the blocks add up to more than ${Number.MAX_SAFE_INTEGER} bytes`, 'blocks.usedLength');
   const head = concat([
     encodeFileHeader(),
     encodeConfiguration(configuration),
@@ -143,6 +129,97 @@ export function planLayout(o: PlanOptions): LayoutPlan {
     at = p.streamResumes;
   }
   return { streamOffset, pageSize: ps, alignment, ramSectionId, configuration, blocks, head, tailOffset: at };
+}
+
+/** The RAM section's id (default 1): a be32. */
+export function checkRamSectionId(id = 1): number {
+  if (!Number.isInteger(id) || id < 0 || id > 0xffffffff) throw new LayoutError('BAD_SECTION_ID', `RAM section id ${id} is not a be32`, 'ramSectionId');
+  return id;
+}
+
+function checkPageSize(ps: number): void {
+  if (!Number.isInteger(ps) || ps < MIN_PAGE_SIZE || ps > MAX_PAGE_SIZE || (ps & (ps - 1)) !== 0) {
+    throw new LayoutError('BAD_PAGE_SIZE', `page size ${ps} is not a power of two from ${MIN_PAGE_SIZE} to ${MAX_PAGE_SIZE}`, 'pageSize');
+  }
+}
+
+/** The block list rules of both layouts: names of 1..255 single bytes, each once, lengths a positive whole number of pages. */
+export function checkBlocks(blocks: PlanBlock[], pageSize: number): void {
+  checkPageSize(pageSize);
+  if (blocks.length === 0) throw new LayoutError('NO_BLOCKS', 'a snapshot needs at least one RAMBlock', 'blocks');
+  const names = new Set<string>();
+  for (const b of blocks) {
+    // Names are bytes in the stream (u8 length + bytes): a character above 0xff cannot be written.
+    if (typeof b.name !== 'string' || /[^\x00-\xff]/.test(b.name)) {
+      throw new LayoutError('BAD_BLOCK_NAME', `block name ${JSON.stringify(b.name)} has characters that are not single bytes`, 'blocks.name');
+    }
+    const n = latin1Bytes(b.name).length;
+    if (n === 0 || n > MAX_IDSTR) throw new LayoutError('BAD_BLOCK_NAME', `block name ${JSON.stringify(b.name)} must be 1 to ${MAX_IDSTR} bytes`, 'blocks.name');
+    if (names.has(b.name)) throw new LayoutError('DUPLICATE_BLOCK', `block ${JSON.stringify(b.name)} is listed twice`, 'blocks.name');
+    names.add(b.name);
+    if (!Number.isSafeInteger(b.usedLength) || b.usedLength <= 0 || b.usedLength % pageSize !== 0) {
+      throw new LayoutError('BAD_BLOCK_LENGTH', `block ${JSON.stringify(b.name)}: length ${b.usedLength} is not a positive multiple of the page size ${pageSize}`, 'blocks.usedLength');
+    }
+  }
+}
+
+/**
+ * The CONFIGURATION section a writer puts in a stream of `layout`, as
+ * QEMU 10 would write it for the same machine, or a LayoutError for what
+ * QEMU could not load (or ramsnap could not read back):
+ *
+ * - the machine type: 1 to 256 single bytes (the reader's bound);
+ * - capabilities: QEMU lists only the ones it validates, mapped-ram and
+ *   x-ignore-shared (savevm.c should_validate_capability), and refuses a
+ *   name it does not know. mapped-ram goes with the mapped-ram layout only;
+ *   x-ignore-shared streams carry each block's address and leave shared
+ *   blocks' pages out, which these writers do not do;
+ * - target-page-bits: for a machine type that decides its target
+ *   (format/target.ts), the page size must be the target's, and the
+ *   subsection is there exactly when QEMU writes it; for another, a given
+ *   value must be log2 of the page size;
+ * - uuid: a UUID.
+ */
+export function writableConfiguration(
+  o: { machine: string; capabilities?: string[]; targetPageBits?: number; uuid?: string },
+  pageSize: number,
+  layout: 'mapped-ram' | 'legacy',
+): Configuration {
+  const machine = o.machine;
+  if (typeof machine !== 'string' || /[^\x00-\xff]/.test(machine) || machine.length === 0 || machine.length > MAX_MACHINE_NAME) {
+    throw new LayoutError('BAD_MACHINE', `machine type ${JSON.stringify(machine)} must be 1 to ${MAX_MACHINE_NAME} single bytes`, 'machine');
+  }
+  const capabilities: string[] = [];
+  for (const cap of o.capabilities ?? []) {
+    if (cap === CAP_MAPPED_RAM && layout === 'mapped-ram') {
+      if (!capabilities.includes(cap)) capabilities.push(cap);
+    } else if (cap === CAP_MAPPED_RAM) {
+      throw new LayoutError('BAD_CAPABILITIES', 'a legacy stream cannot list the mapped-ram capability', 'configuration.capabilities');
+    } else if (cap === CAP_X_IGNORE_SHARED) {
+      throw new LayoutError('BAD_CAPABILITIES', 'ramsnap does not write x-ignore-shared streams (shared blocks carry an address and no pages)', 'configuration.capabilities');
+    } else {
+      throw new LayoutError('BAD_CAPABILITIES', `capability ${JSON.stringify(cap)} is not one QEMU 10 records in a stream (mapped-ram, x-ignore-shared)`, 'configuration.capabilities');
+    }
+  }
+  const bits = Math.log2(pageSize);
+  if (o.targetPageBits !== undefined && o.targetPageBits !== bits) {
+    throw new LayoutError('BAD_TARGET_PAGE_BITS', `target-page-bits ${o.targetPageBits} does not match the page size ${pageSize} (${bits} bits)`, 'targetPageBits');
+  }
+  let targetPageBits = o.targetPageBits;
+  const known = machineTarget(machine);
+  if (known) {
+    if (pageSize !== known.pageSize) {
+      throw new LayoutError('PAGE_SIZE_MISMATCH', `machine ${machine} (${known.target}) has ${known.pageSize}-byte target pages, not ${pageSize}`, 'pageSize');
+    }
+    targetPageBits = targetPageBitsFor(TARGETS[known.target], pageSize);
+  }
+  if (o.uuid !== undefined && !isUuid(o.uuid)) throw new LayoutError('BAD_UUID', `uuid ${JSON.stringify(o.uuid)} is not a UUID`, 'uuid');
+  return {
+    machine,
+    capabilities,
+    ...(targetPageBits !== undefined ? { targetPageBits } : {}),
+    ...(o.uuid !== undefined ? { uuid: o.uuid } : {}),
+  };
 }
 
 /** The bytes of a block's entry: name, used length, mapped-ram header (the bitmap follows). */

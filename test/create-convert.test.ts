@@ -303,10 +303,10 @@ describe('create', () => {
     fs.writeFileSync(odd, new Uint8Array(ps + 1));
     const cases: [string, () => Promise<unknown>, string, RegExp?][] = [
       ['no --machine without a template', () => createSnapshot(out('x'), { images: [{ block: 'pc.ram', file: good }] }), 'MACHINE_REQUIRED'],
-      ['image size not a multiple of the page size', () => createSnapshot(out('x'), { images: [{ block: 'pc.ram', file: odd }], machine: 'm' }), 'BAD_BLOCK_LENGTH'],
-      ['block named twice', () => createSnapshot(out('x'), { images: [{ block: 'r', file: good }, { block: 'r', file: good }], machine: 'm' }), 'DUPLICATE_BLOCK'],
-      ['missing image', () => createSnapshot(out('x'), { images: [{ block: 'r', file: path.join(dir, 'nope.raw') }], machine: 'm' }), 'IO_ENOENT'],
-      ['a directory as image', () => createSnapshot(out('x'), { images: [{ block: 'r', file: dir }], machine: 'm' }), 'NOT_A_FILE'],
+      ['image size not a multiple of the page size', () => createSnapshot(out('x'), { images: [{ block: 'pc.ram', file: odd }], machine: 'pc-q35-10.0' }), 'BAD_BLOCK_LENGTH'],
+      ['block named twice', () => createSnapshot(out('x'), { images: [{ block: 'r', file: good }, { block: 'r', file: good }], machine: 'pc-q35-10.0' }), 'DUPLICATE_BLOCK'],
+      ['missing image', () => createSnapshot(out('x'), { images: [{ block: 'r', file: path.join(dir, 'nope.raw') }], machine: 'pc-q35-10.0' }), 'IO_ENOENT'],
+      ['a directory as image', () => createSnapshot(out('x'), { images: [{ block: 'r', file: dir }], machine: 'pc-q35-10.0' }), 'NOT_A_FILE'],
     ];
     for (const [what, run, code] of cases) {
       it(what, async () => {
@@ -333,10 +333,10 @@ describe('create', () => {
     it('an existing output is kept unless --force', async () => {
       const o = out('exists');
       fs.writeFileSync(o, 'keep');
-      await expect(createSnapshot(o, { images: [{ block: 'r', file: good }], machine: 'm' })).rejects.toMatchObject({ code: 'OUTPUT_EXISTS' });
+      await expect(createSnapshot(o, { images: [{ block: 'r', file: good }], machine: 'pc-q35-10.0' })).rejects.toMatchObject({ code: 'OUTPUT_EXISTS' });
       await expect(convertSnapshot(good, o, { to: 'legacy' })).rejects.toMatchObject({ code: 'OUTPUT_EXISTS' });
       expect(fs.readFileSync(o, 'utf8')).toBe('keep');
-      await createSnapshot(o, { images: [{ block: 'r', file: good }], machine: 'm', force: true, fsync: false });
+      await createSnapshot(o, { images: [{ block: 'r', file: good }], machine: 'pc-q35-10.0', force: true, fsync: false });
       expect((await Snapshot.open(o)).model.complete).toBe(true);
     });
 
@@ -398,11 +398,11 @@ describe('CLI', () => {
     const o = out('cli-fail.snap');
     const runs = await Promise.all([
       ramsnap('create', '-o', o, '--ram', `pc.ram=${img}`),
-      ramsnap('create', '-o', o, '--machine', 'm', '--ram', `pc.ram=${path.join(dir, 'missing.raw')}`),
+      ramsnap('create', '-o', o, '--machine', 'pc-q35-10.0', '--ram', `pc.ram=${path.join(dir, 'missing.raw')}`),
       ramsnap('create', '-o', o, '--template', tpl, '--ram', `pc.ram=${img}`),
       ramsnap('create', '-o', o, '--template', tpl, '--ram', `nope=${img}`),
       ramsnap('create', '-o', o, '--template', tpl, '--machine', 'pc-q35-10.0'),
-      ramsnap('create', '-o', o, '--machine', 'm', '--ram', 'no-equals-sign'),
+      ramsnap('create', '-o', o, '--machine', 'pc-q35-10.0', '--ram', 'no-equals-sign'),
       ramsnap('convert', tpl, '-o', o, '--to', 'qcow2'),
       ramsnap('convert', img, '-o', o, '--to', 'legacy'),
     ]);

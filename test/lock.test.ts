@@ -141,7 +141,7 @@ describe('one writer per target', () => {
     fs.writeFileSync(lock, stale[0]);
     const image = path.join(dir, 'img');
     fs.writeFileSync(image, pageBytes(4 * PS, 1));
-    const r = await cli(['create', '-o', target, '--machine', 'm', '--ram', `a=${image}`]);
+    const r = await cli(['create', '-o', target, '--machine', 'pc-q35-10.0', '--ram', `a=${image}`]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/^ramsnap: took over the lock of .* left by pid \d+ \(write\), which is no longer running\n$/);
   });
@@ -184,7 +184,7 @@ describe('temporary files of killed writers', () => {
     for (const f of [dead, live, other]) fs.writeFileSync(f, 'partial');
     const image = path.join(dir, 'img');
     fs.writeFileSync(image, pageBytes(4 * PS, 1));
-    const r = await cli(['create', '-o', target, '--machine', 'm', '--ram', `a=${image}`]);
+    const r = await cli(['create', '-o', target, '--machine', 'pc-q35-10.0', '--ram', `a=${image}`]);
     expect(r.code, r.stderr).toBe(0);
     const lines = r.stderr.trimEnd().split('\n').sort();
     expect(lines).toEqual([
@@ -219,7 +219,7 @@ describe('an interrupted patch as readers and writers see it', () => {
     expect(fs.existsSync(out)).toBe(false);
     const image = path.join(path.dirname(file), 'img');
     fs.writeFileSync(image, pageBytes(64 * PS, 1));
-    const c = await cli(['create', '-o', file, '--force', '--machine', 'm', '--ram', `pc.ram=${image}`]);
+    const c = await cli(['create', '-o', file, '--force', '--machine', 'pc-q35-10.0', '--ram', `pc.ram=${image}`]);
     expect(c.code).toBe(1);
     expect(errorCode(c.stderr), c.stderr).toBe('PATCH_IN_PROGRESS');
     expect(c.stderr).toMatch(/^ramsnap: took over the lock of .* left by pid \d+ \(patch\), which is no longer running\n/);
@@ -239,7 +239,7 @@ describe('an interrupted patch as readers and writers see it', () => {
     fs.rmSync(file);
     const image = path.join(path.dirname(file), 'img');
     fs.writeFileSync(image, pageBytes(4 * PS, 1));
-    const r = await cli(['create', '-o', file, '--machine', 'm', '--ram', `a=${image}`]);
+    const r = await cli(['create', '-o', file, '--machine', 'pc-q35-10.0', '--ram', `a=${image}`]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/ramsnap: removed the journal of a patch of .*vm\.snap, which no longer exists/);
     expect(beside(file)).toEqual({ temps: [], lock: false, journal: false, others: ['img'] });

@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import { CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED } from '../format/constants.js';
 import type { Configuration } from '../format/configuration.js';
 import { FormatCode, RamsnapFormatError, RamsnapIoError, RamsnapUsageError } from '../format/errors.js';
-import { LayoutError, planLayout } from '../format/layout.js';
+import { LayoutError, planLayout, writableConfiguration } from '../format/layout.js';
 import type { DeviceState } from '../format/tail.js';
 import type { RamBlock } from '../reader/model.js';
 import { Snapshot } from '../reader/snapshot.js';
@@ -219,6 +219,16 @@ export function mappedRamConfiguration(cfg: Configuration, blocks: { name: strin
   }
 }
 
+/** The configuration a legacy file gets from `cfg`, as LegacyWriter writes it. */
+function legacyConfiguration(cfg: Configuration, pageSize: number): Configuration {
+  try {
+    return writableConfiguration({ ...cfg, capabilities: cfg.capabilities.filter((c) => c !== CAP_MAPPED_RAM) }, pageSize, 'legacy');
+  } catch (err) {
+    if (err instanceof LayoutError) throw new RamsnapUsageError(err.code, err.message, err.field);
+    throw err;
+  }
+}
+
 /**
  * A mapped-ram writer for `output` laid out like `snap` (blocks, page size,
  * RAM section id, configuration with mapped-ram) and carrying its device
@@ -265,7 +275,7 @@ export async function convertSnapshot(input: string, output: string, o: ConvertO
       sink = await mappedRamWriterLike(snap, had, output, o);
     } else {
       const dev = await deviceStateOf(snap);
-      const written: Configuration = { ...had, capabilities: had.capabilities.filter((c) => c !== CAP_MAPPED_RAM) };
+      const written = legacyConfiguration(had, m.pageSize);
       sink = await LegacyWriter.create(output, {
         configuration: written,
         pageSize: m.pageSize,
@@ -309,7 +319,9 @@ function sameConfiguration(a: Configuration, b: Configuration): boolean {
  * length}; two -> the same with "array_len": 2 and the size of the first
  * element only (vmstate.c describes a compressible array by its first
  * element). The other subsections (target-page-bits, uuid) are kept as
- * the source described them when they are written, dropped otherwise.
+ * the source described them when they are written, dropped otherwise;
+ * target-page-bits written where the source had none (a machine whose
+ * target QEMU writes it for) gets QEMU's entry for it.
  * Everything else in the description is kept byte for byte; the new entry
  * is written in QEMU's JSON style (", " and ": " separators).
  */
@@ -321,8 +333,7 @@ export function rewriteDescriptionConfiguration(vmdesc: Uint8Array, cfg: Configu
   const old = Array.isArray(entry.subsections) ? (entry.subsections as Record<string, unknown>[]) : [];
   const find = (n: string): Record<string, unknown> | undefined => old.find((s) => s.vmsd_name === n);
   const subs: Record<string, unknown>[] = [];
-  const tpb = find('configuration/target-page-bits');
-  if (cfg.targetPageBits !== undefined && tpb) subs.push(tpb);
+  if (cfg.targetPageBits !== undefined) subs.push(find('configuration/target-page-bits') ?? TARGET_PAGE_BITS_ENTRY);
   if (cfg.capabilities.length > 0) {
     const first = Buffer.byteLength(cfg.capabilities[0], 'latin1');
     subs.push({
@@ -343,6 +354,13 @@ export function rewriteDescriptionConfiguration(vmdesc: Uint8Array, cfg: Configu
   if (subs.length > 0) next.subsections = subs;
   return Buffer.from(text.slice(0, span.start) + qemuJson(next) + text.slice(span.end), 'utf8');
 }
+
+/** QEMU 10.0.2's description of configuration/target-page-bits (aarch64 virt). */
+const TARGET_PAGE_BITS_ENTRY = {
+  vmsd_name: 'configuration/target-page-bits',
+  version: 1,
+  fields: [{ name: 'target_page_bits', type: 'uint32', size: 4 }],
+};
 
 /** JSON as QEMU's json-writer prints it: `{"a": 1, "b": [2, 3]}`. */
 export function qemuJson(v: unknown): string {

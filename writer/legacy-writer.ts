@@ -28,19 +28,20 @@
  * is fsynced and renamed to the target only when complete, and removed on
  * any error, as SnapshotWriter does.
  */
-import { CAP_MAPPED_RAM, RamFlag, Section } from '../format/constants.js';
+import { RamFlag, Section } from '../format/constants.js';
 import { concat, encodeConfiguration, type Configuration } from '../format/configuration.js';
 import { latin1Bytes } from '../format/cursor.js';
 import { RamsnapUsageError } from '../format/errors.js';
-import { LayoutError, be64, planLayout, type PlanBlock } from '../format/layout.js';
+import { LayoutError, be64, checkBlocks, checkRamSectionId, writableConfiguration, type PlanBlock } from '../format/layout.js';
 import { encodeFileHeader, encodeSectionStart } from '../format/section.js';
 import { encodeRamSetupEnd, encodeStreamEnd, type DeviceState } from '../format/tail.js';
+import { checkDescribedPageSize, checkReadable, unrecordedPageSize } from './readable.js';
 import { TempFile } from './sink.js';
 
 export interface LegacyWriterOptions {
   blocks: PlanBlock[];
   pageSize: number;
-  /** Machine type, capabilities (mapped-ram is refused), target-page-bits and uuid, written as given. */
+  /** Machine type, capabilities (none can be written), target-page-bits (QEMU's rule for a known machine) and uuid. */
   configuration: Configuration;
   /** Section id of the RAM section (a template's, so device section ids stay unique). Default 1. */
   ramSectionId?: number;
@@ -80,17 +81,29 @@ export class LegacyWriter {
     this.zeroPage = Buffer.alloc(opts.pageSize);
   }
 
+  /** Refuses (RamsnapUsageError) what QEMU could not load or ramsnap could not read back: see writableConfiguration. */
   static async create(target: string, opts: LegacyWriterOptions): Promise<LegacyWriter> {
-    if (opts.configuration.capabilities.includes(CAP_MAPPED_RAM)) {
-      throw new RamsnapUsageError('BAD_CAPABILITIES', 'a legacy stream cannot list the mapped-ram capability', 'configuration.capabilities');
-    }
+    let configuration: Configuration;
     try {
-      // The same block rules as a mapped-ram file (page size, names, lengths); the placement is not used.
-      planLayout({ blocks: opts.blocks, pageSize: opts.pageSize, machine: opts.configuration.machine });
+      // The same block rules as a mapped-ram file (page size, names, lengths), and the configuration as QEMU writes it.
+      checkBlocks(opts.blocks, opts.pageSize);
+      configuration = writableConfiguration(opts.configuration, opts.pageSize, 'legacy');
+      checkRamSectionId(opts.ramSectionId);
     } catch (err) {
       if (err instanceof LayoutError) throw new RamsnapUsageError(err.code, err.message, err.field);
       throw err;
     }
+    checkReadable(opts.blocks, opts.pageSize, 'legacy');
+    const described = checkDescribedPageSize(opts.device, opts.pageSize);
+    if (configuration.targetPageBits === undefined && described === undefined && opts.pageSize !== unrecordedPageSize(configuration.machine)) {
+      // Page records do not carry the page size: without target-page-bits or the description, a reader takes the machine's usual one.
+      throw new RamsnapUsageError(
+        'PAGE_SIZE_UNRECORDED',
+        `a legacy stream of machine ${configuration.machine} with ${opts.pageSize}-byte pages would not record its page size (no target-page-bits, no device description)`,
+        'pageSize',
+      );
+    }
+    opts = { ...opts, configuration };
     const w = new LegacyWriter(target, TempFile.create(target, opts.force), opts);
     try {
       await w.append(encodeLegacyHead(opts));

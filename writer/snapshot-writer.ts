@@ -15,6 +15,7 @@ import { RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, encodeBlockEntry, planLayout, type BlockPlan, type LayoutPlan, type PlanOptions } from '../format/layout.js';
 import { encodeTail, type DeviceState } from '../format/tail.js';
 import type { TargetLock } from './lock.js';
+import { checkDescribedPageSize, checkReadable } from './readable.js';
 import { TempFile } from './sink.js';
 
 export interface WriterOptions extends PlanOptions {
@@ -73,6 +74,8 @@ export class SnapshotWriter {
     let plan: LayoutPlan;
     try {
       plan = planLayout(opts);
+      checkReadable(opts.blocks, opts.pageSize, 'mapped-ram');
+      checkDescribedPageSize(opts.device, opts.pageSize);
     } catch (err) {
       if (err instanceof LayoutError) throw new RamsnapUsageError(err.code, err.message, err.field);
       throw err;

@@ -1,28 +1,39 @@
 /**
- * Makes a mapped-ram file sparse again: slots under clear bits (stale bytes
- * QEMU left, or pages a patch zeroed) and present pages that hold only
- * zeros become holes, and those pages' bits are cleared.
+ * Makes a mapped-ram file sparse again: slots under clear bits (stale
+ * bytes QEMU left, or pages a patch zeroed) and present pages that hold
+ * only zeros become holes, and those pages' bits are cleared.
  *
  * Node cannot punch holes (no fallocate(PUNCH_HOLE)), so the file is
- * rewritten: a new file through SnapshotWriter with the same layout (same
- * prefix bytes before the stream, same stream head, same block offsets,
- * same device state) holding only the present non-zero pages, fsynced and
- * renamed over the original. A crash leaves the original (or, after the
- * rename, the new file) at the path, plus at most a temporary file named
- * with TEMP_MARK. The file's lock is held from the first read to the rename
- * (a patch in between would be lost), and an interrupted patch of the file
- * is completed first.
+ * copied into a new one beside it, byte for byte at the same offsets,
+ * except that nothing is written where the result is zero: only the data
+ * extents of the original are read (reader/holes.ts) outside the page
+ * regions, only present pages inside them, and of those bytes only the
+ * file-system blocks that are not all zero are written. So every block the
+ * copy allocates holds a non-zero byte that the original held at the same
+ * offset (the new bitmaps only clear bits): the copy is never more
+ * allocated than the original, the bytes before the stream (a libvirt
+ * header, the gap before a `,offset=` stream) keep their holes, and the
+ * tail is QEMU's own. Both files are synced and their allocations compared
+ * (should the file system need more for the copy, for its own metadata, the
+ * original stays and nothing is freed); then the copy is renamed over the
+ * original. A
+ * crash leaves the original (or, after the rename, the new file) at the
+ * path, plus at most a temporary file named with TEMP_MARK. The file's
+ * lock is held from the first read to the rename (a patch in between would
+ * be lost), and an interrupted patch of the file is completed first.
  */
 import fs from 'node:fs';
-import { MAPPED_RAM_ALIGNMENT, CAP_X_IGNORE_SHARED } from '../format/constants.js';
+import path from 'node:path';
+import { clearBit } from '../format/bitmap.js';
 import { FormatCode, RamsnapFormatError, ioError } from '../format/errors.js';
-import { planLayout, type LayoutPlan, type PlanOptions } from '../format/layout.js';
+import { HoleMap, type HoleMapKind } from '../reader/holes.js';
+import type { RamBlock } from '../reader/model.js';
 import { Snapshot } from '../reader/snapshot.js';
+import type { FileSource } from '../reader/source.js';
 import { recoverJournal } from './journal.js';
 import { TargetLock, notice } from './lock.js';
 import { describeRecovery } from './patch.js';
-import { SnapshotWriter } from './snapshot-writer.js';
-import { deviceStateOf } from './template.js';
+import { TempFile } from './sink.js';
 
 export interface SparsifyOptions {
   /** File offset where the stream starts (as Snapshot.open). */
@@ -38,6 +49,7 @@ export interface SparsifyResult {
   /** Allocated bytes (st_blocks * 512) before and after. */
   allocatedBefore: number;
   allocatedAfter: number;
+  /** allocatedBefore - allocatedAfter: never negative. */
   bytesFreed: number;
   sizeBefore: number;
   sizeAfter: number;
@@ -45,23 +57,22 @@ export interface SparsifyResult {
   pagesCleared: number;
   /** Present non-zero pages copied. */
   pagesKept: number;
-  /** The alignment of page regions the layout was reproduced with. */
-  alignment: number;
+  /** The unit of holes: the file system's block size. */
+  blockSize: number;
+  /** How the original's holes outside page regions were found (reader/holes.ts). */
+  holeMap: HoleMapKind;
+  /** False when the copy would have taken more blocks than the original (file-system metadata): the original was kept. */
+  replaced: boolean;
 }
 
-/** Bytes before the stream (a libvirt header and XML) copied into the new file, held in memory. */
-const MAX_PREFIX = 64 << 20;
-
-/** Pages copied per read: a few MiB at most in memory. */
-const RUN_PAGES = 256;
+/** Bytes read and examined at a time. */
+const CHUNK = 1 << 20;
 
 export async function sparsifySnapshot(file: string, o: SparsifyOptions = {}): Promise<SparsifyResult> {
   // Replace the file a symlink points to, not the symlink.
   let target: string;
-  let before: fs.Stats;
   try {
     target = fs.realpathSync(file);
-    before = fs.statSync(target);
   } catch (err) {
     throw ioError(err, file, 'open');
   }
@@ -70,108 +81,203 @@ export async function sparsifySnapshot(file: string, o: SparsifyOptions = {}): P
   try {
     const recovered = await recoverJournal(target, { fsync: o.fsync });
     if (recovered.action !== 'none') notice(describeRecovery(file, recovered));
-    return await rewrite(file, target, before, lock, o);
+    return await rewrite(file, target, lock, o);
   } finally {
     lock.release();
   }
 }
 
-async function rewrite(file: string, target: string, before: fs.Stats, lock: TargetLock, o: SparsifyOptions): Promise<SparsifyResult> {
+/** A byte range of the file [start, end). */
+interface Range {
+  start: number;
+  end: number;
+}
+
+async function rewrite(file: string, target: string, lock: TargetLock, o: SparsifyOptions): Promise<SparsifyResult> {
   const snap = await Snapshot.open(target, { offset: o.offset });
-  let w: SnapshotWriter | undefined;
-  let pagesCleared = 0;
-  let pagesKept = 0;
-  let alignment: number;
+  const fd = (snap.source as FileSource).fd;
+  let before: fs.Stats;
   try {
-    const { plan, opts } = await reproducibleLayout(snap);
-    alignment = plan.alignment;
+    // Allocation is compared once both files are on disk: before writeback, delayed allocation leaves out
+    // the blocks a file system adds for its own bookkeeping (an ext4 extent block past four extents).
+    fs.fdatasyncSync(fd);
+    before = fs.fstatSync(fd);
+  } catch (err) {
+    await snap.close();
+    throw ioError(err, target, 'sync');
+  }
+  let temp: TempFile | undefined;
+  let map: HoleMap | undefined;
+  const fsync = o.fsync ?? true;
+  try {
     const m = snap.model;
-    if (m.streamOffset > MAX_PREFIX) {
-      throw new RamsnapFormatError(FormatCode.UNSUPPORTED, `the stream starts ${m.streamOffset} bytes into the file; sparsify copies at most ${MAX_PREFIX} bytes before it`, {
-        field: 'stream offset',
+    if (!m.mappedRam) {
+      throw new RamsnapFormatError(FormatCode.UNSUPPORTED, 'sparsify works on mapped-ram files only; this is a legacy (sequential) stream: convert it to mapped-ram first', {
+        field: 'configuration.capabilities',
         offset: m.streamOffset,
-        expected: `<= ${MAX_PREFIX}`,
       });
     }
-    const prefix = m.streamOffset > 0 ? await snap.source.read(0, m.streamOffset, 'prefix') : undefined;
-    w = await SnapshotWriter.create(target, { ...opts, device: await deviceStateOf(snap), prefix, force: true, fsync: o.fsync ?? true, lock });
-    o.onTemp?.(w.tempPath);
+    const blockSize = fileSystemBlock(target);
+    const blocks = snap.blocks.filter((b) => b.mappedRam && b.bitmap);
+    // Page regions and bitmaps are rebuilt; every other byte of the file is copied where it is not zero.
+    const rebuilt: Range[] = blocks.flatMap((b) => {
+      const mr = b.mappedRam!;
+      return [
+        { start: mr.bitmapOffset, end: mr.bitmapOffset + mr.bitmapSize },
+        { start: mr.pagesOffset, end: mr.pagesOffset + b.usedLength },
+      ];
+    });
+    const copied = complement(rebuilt, m.fileSize);
+    const tailStart = Math.max(0, ...rebuilt.map((r) => r.end));
+
+    temp = TempFile.create(target, true, lock);
+    o.onTemp?.(temp.path);
     // The new file keeps the original's permissions (a snapshot holds guest memory) and, when we may, its owner.
-    fs.chmodSync(w.tempPath, before.mode & 0o7777);
+    fs.chmodSync(temp.path, before.mode & 0o7777);
     try {
-      fs.chownSync(w.tempPath, before.uid, before.gid);
+      fs.chownSync(temp.path, before.uid, before.gid);
     } catch {
       // Not root: the file is ours, as any file we write.
     }
-    for (const b of snap.blocks) {
-      for (const run of snap.presentRuns(b, 0, b.pages, RUN_PAGES)) {
-        const bytes = await snap.read(b, run.first * b.pageSize, run.count * b.pageSize);
-        // writePages writes runs of non-zero pages and leaves zero pages clear (holes).
-        await w.writePages(b.name, run.first, bytes);
-        for (let p = 0; p < run.count; p++) {
-          if (w.isPresent(b.name, run.first + p)) pagesKept++;
-          else pagesCleared++;
+    const out = new SparseWriter(temp, blockSize);
+    map = await HoleMap.open(fd, target);
+    const buf = Buffer.allocUnsafe(CHUNK);
+    const copyData = async (ranges: Range[]): Promise<void> => {
+      for (const r of ranges) {
+        for await (const e of map!.dataExtents(r.start, r.end)) {
+          for (let at = e.start; at < e.end; at += CHUNK) {
+            const n = Math.min(CHUNK, e.end - at);
+            await out.write(at, await snap.source.read(at, n, 'sparsify', buf));
+          }
         }
       }
+    };
+    // In the writer's order (docs/writers.md §1): the head, the pages, the bitmaps (a set bit is what makes a page count), the tail.
+    await copyData(copied.filter((r) => r.start < tailStart));
+    let pagesCleared = 0;
+    let pagesKept = 0;
+    const bitmaps: Uint8Array[] = [];
+    for (const b of blocks) {
+      const r = await copyPresentPages(snap, b, out, buf);
+      pagesCleared += r.cleared;
+      pagesKept += r.kept;
+      bitmaps.push(r.bitmap);
     }
-    await w.finalize();
+    for (let i = 0; i < blocks.length; i++) await out.write(blocks[i].mappedRam!.bitmapOffset, bitmaps[i]);
+    await copyData(copied.filter((r) => r.start >= tailStart));
+
+    await temp.truncate(m.fileSize);
+    // Synced whatever `fsync` says: only then does st_blocks count every block the copy takes.
+    await temp.sync();
+    const allocatedAfter = fs.fstatSync(temp.fd).blocks * 512;
+    const allocatedBefore = before.blocks * 512;
+    const replaced = allocatedAfter <= allocatedBefore;
+    if (replaced) await temp.commit(m.fileSize, fsync);
+    else await temp.discard();
+    return {
+      file,
+      allocatedBefore,
+      allocatedAfter: replaced ? allocatedAfter : allocatedBefore,
+      bytesFreed: replaced ? allocatedBefore - allocatedAfter : 0,
+      sizeBefore: before.size,
+      sizeAfter: m.fileSize,
+      pagesCleared: replaced ? pagesCleared : 0,
+      pagesKept,
+      blockSize,
+      holeMap: map.kind,
+      replaced,
+    };
   } catch (err) {
-    await w?.abort();
+    await temp?.discard();
     throw err;
   } finally {
+    map?.close();
     await snap.close();
   }
-  const after = fs.statSync(target);
-  return {
-    file,
-    allocatedBefore: before.blocks * 512,
-    allocatedAfter: after.blocks * 512,
-    bytesFreed: (before.blocks - after.blocks) * 512,
-    sizeBefore: before.size,
-    sizeAfter: after.size,
-    pagesCleared,
-    pagesKept,
-    alignment,
-  };
 }
 
 /**
- * The writer options that reproduce the file's layout: the same blocks,
- * page size, stream offset, RAM section id and configuration, and the
- * page-region alignment (1 MiB as QEMU, or the smallest that gives the same
- * offsets). Refuses what SnapshotWriter cannot write the same way.
+ * Copies the present pages of a block, a run at a time, and returns its
+ * new bitmap: a present page that holds only zeros loses its bit and is
+ * not written.
  */
-async function reproducibleLayout(snap: Snapshot): Promise<{ plan: LayoutPlan; opts: PlanOptions }> {
-  const m = snap.model;
-  const cfg = m.configuration;
-  const refuse = (why: string, field: string, offset: number): never => {
-    throw new RamsnapFormatError(FormatCode.UNSUPPORTED, why, { field, offset });
-  };
-  if (!m.mappedRam || !cfg) refuse('sparsify works on mapped-ram files only; this is a legacy (sequential) stream: convert it to mapped-ram first', 'configuration.capabilities', m.streamOffset);
-  if (cfg!.capabilities.includes(CAP_X_IGNORE_SHARED)) refuse('sparsify cannot rewrite x-ignore-shared files (the writer does not write shared blocks)', 'configuration.capabilities', m.streamOffset);
-  const opts: PlanOptions = {
-    machine: cfg!.machine,
-    pageSize: m.pageSize,
-    blocks: m.blocks.map((b) => ({ name: b.name, usedLength: b.usedLength })),
-    capabilities: cfg!.capabilities,
-    targetPageBits: cfg!.targetPageBits,
-    ...(cfg!.uuid !== undefined ? { uuid: cfg!.uuid } : {}),
-    ramSectionId: m.ramSectionId,
-    streamOffset: m.streamOffset,
-  };
-  const same = (plan: LayoutPlan): boolean =>
-    plan.blocks.every((pb, i) => {
-      const b = m.blocks[i];
-      return pb.entryOffset === b.entryOffset && pb.bitmapOffset === b.mappedRam?.bitmapOffset && pb.pagesOffset === b.mappedRam?.pagesOffset;
-    });
-  let plan: LayoutPlan | undefined;
-  for (let a = MAPPED_RAM_ALIGNMENT; a >= m.pageSize && !plan; a /= 2) {
-    const p = planLayout({ ...opts, alignment: a });
-    if (same(p)) plan = p;
+async function copyPresentPages(snap: Snapshot, b: RamBlock, out: SparseWriter, buf: Buffer): Promise<{ bitmap: Uint8Array; cleared: number; kept: number }> {
+  const ps = b.pageSize;
+  const bitmap = Uint8Array.from(b.bitmap!);
+  const runPages = Math.max(1, Math.floor(buf.length / ps));
+  const zeroPage = Buffer.alloc(ps);
+  let cleared = 0;
+  let kept = 0;
+  for (const run of snap.presentRuns(b, 0, b.pages, runPages)) {
+    const bytes = await snap.read(b, run.first * ps, run.count * ps, buf);
+    const data = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+    for (let p = 0; p < run.count; p++) {
+      const page = data.subarray(p * ps, (p + 1) * ps);
+      if (page.equals(zeroPage)) {
+        clearBit(bitmap, run.first + p);
+        cleared++;
+      } else {
+        kept++;
+      }
+    }
+    // Zero pages are zero blocks too: the writer leaves them (and any other zero block) as holes.
+    await out.write(run.fileOffset, data);
   }
-  if (!plan) refuse('the page regions of this file are not where ramsnap\'s writer would put them at any alignment; cannot rewrite it with the same offsets', 'ramblock.pages_offset', m.blocks[0].entryOffset);
-  // The head (header, configuration, RAM START, MEM_SIZE) must be the file's own bytes: nothing the writer would drop or reorder.
-  const head = await snap.source.read(m.streamOffset, plan!.head.length, 'stream.head');
-  if (!Buffer.from(head).equals(Buffer.from(plan!.head))) refuse('the stream head (configuration) has parts ramsnap\'s writer does not reproduce', 'configuration', m.streamOffset);
-  return { plan: plan!, opts: { ...opts, alignment: plan!.alignment } };
+  return { bitmap, cleared, kept };
+}
+
+/**
+ * Positional writes of only the file-system blocks (at absolute offsets)
+ * that hold a non-zero byte, each run of them in one write: what is not
+ * written stays a hole in the new file.
+ */
+class SparseWriter {
+  private readonly zero: Buffer;
+
+  constructor(
+    private readonly sink: TempFile,
+    private readonly blockSize: number,
+  ) {
+    this.zero = Buffer.alloc(blockSize);
+  }
+
+  async write(offset: number, bytes: Uint8Array): Promise<void> {
+    const data = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+    const bs = this.blockSize;
+    let runStart = -1;
+    for (let at = 0; at < data.length; ) {
+      const next = Math.min(data.length, (Math.floor((offset + at) / bs) + 1) * bs - offset);
+      const piece = data.subarray(at, next);
+      const zero = piece.equals(this.zero.subarray(0, piece.length));
+      if (!zero && runStart < 0) runStart = at;
+      if (zero && runStart >= 0) {
+        await this.sink.write(offset + runStart, data.subarray(runStart, at));
+        runStart = -1;
+      }
+      at = next;
+    }
+    if (runStart >= 0) await this.sink.write(offset + runStart, data.subarray(runStart));
+  }
+}
+
+/** [0, size) without `ranges`, in order. */
+function complement(ranges: Range[], size: number): Range[] {
+  const out: Range[] = [];
+  let at = 0;
+  for (const r of [...ranges].sort((a, b) => a.start - b.start)) {
+    if (r.start > at) out.push({ start: at, end: r.start });
+    at = Math.max(at, r.end);
+  }
+  if (at < size) out.push({ start: at, end: size });
+  return out;
+}
+
+/** The file system's block size where the file is: the unit of allocation, so of holes. */
+function fileSystemBlock(file: string): number {
+  try {
+    const bs = fs.statfsSync(path.dirname(file)).bsize;
+    return Number.isInteger(bs) && bs >= 512 && bs <= 1 << 20 ? bs : 4096;
+  } catch {
+    return 4096;
+  }
 }

@@ -157,9 +157,10 @@ function arbBlockPages(maxPages: number): fc.Arbitrary<number> {
 /**
  * Sets of RAMBlocks, as `BlockSet`s: 1 to 6 blocks (by default) with unique
  * odd names (see `arbBlockName`), sizes from one page to `maxBlockBytes`
- * (1 TiB by default), page size 4 KiB or 8 KiB (or any of `pageSizes`),
- * with or without target-page-bits, and with `layout: 'varied'` other
- * alignments and stream offsets.
+ * (1 TiB by default), page size 4 KiB or 8 KiB (or any of `pageSizes`), a
+ * machine type that goes with the page size (`machinesFor`), with or
+ * without target-page-bits (the writer writes it where QEMU would), and
+ * with `layout: 'varied'` other alignments and stream offsets.
  */
 export function arbBlockSet(opts: BlockSetOptions = {}): fc.Arbitrary<BlockSet> {
   const pageSizes = opts.pageSizes ?? COMMON_PAGE_SIZES;
@@ -177,7 +178,7 @@ export function arbBlockSet(opts: BlockSetOptions = {}): fc.Arbitrary<BlockSet> 
       maxLength: maxBlocks,
       selector: (b) => b.name,
     });
-    const machine = fc.constantFrom('pc-q35-10.0', 'pc-i440fx-10.0', 'virt-10.0', 'sun4u');
+    const machine = fc.constantFrom(...machinesFor(pageSize));
     const targetPageBits = fc.option(fc.constant(Math.log2(pageSize)), { nil: undefined });
     const layout =
       opts.layout === 'varied'
@@ -200,6 +201,94 @@ export function arbBlockSet(opts: BlockSetOptions = {}): fc.Arbitrary<BlockSet> 
       return set;
     });
   });
+}
+
+/**
+ * Machine types a stream with this page size can name: QEMU's own (q35,
+ * pc, virt, pseries at 4 KiB, sun4u at 8 KiB, versatilepb at 1 KiB) and
+ * `none`, whose target the name does not say (format/target.ts).
+ */
+export function machinesFor(pageSize: number): string[] {
+  const own: Record<number, string[]> = { 1024: ['versatilepb'], 4096: ['pc-q35-10.0', 'pc-i440fx-10.0', 'virt-10.0', 'pseries-10.0'], 8192: ['sun4u'] };
+  return [...(own[pageSize] ?? []), 'none'];
+}
+
+/**
+ * Machine type names for a writer's input, valid or not: QEMU's own,
+ * names whose target ramsnap cannot tell, and edge cases a writer must
+ * refuse or write so that its reader takes them back: empty, 256 and 257
+ * bytes (the reader's bound is 256), 300 bytes, bytes 0x01..0xff, and a
+ * character that is not one byte.
+ */
+export function arbMachineName(): fc.Arbitrary<string> {
+  return fc.oneof(
+    { weight: 4, arbitrary: fc.constantFrom('pc-q35-10.0', 'pc-i440fx-10.0', 'virt-10.0', 'sun4u', 'pseries-10.0', 'versatilepb', 'none') },
+    { weight: 2, arbitrary: fc.string({ unit: byteChar, minLength: 1, maxLength: 40 }) },
+    { weight: 2, arbitrary: fc.constantFrom('', 'x'.repeat(256), 'x'.repeat(257), 'm'.repeat(300), 'pc-q35-10.0\u0100') },
+  );
+}
+
+/** Everything a writer is given about the stream, possibly wrong: what `arbWriterInput` mutates a valid block set with. */
+export interface WriterInputMutation {
+  machine?: string;
+  capabilities?: string[];
+  targetPageBits?: number;
+  uuid?: string;
+  pageSize?: number;
+  /** Replaces block i's name or length (names may collide, be empty or 256 bytes; lengths may be 0, not whole pages, huge). */
+  block?: { index: number; name?: string; usedLength?: number };
+}
+
+/**
+ * A writer's input: a valid `BlockSet` with a write sequence for it, and a
+ * mutation that may make it invalid (or valid in an unusual way): every
+ * field of the configuration, the page size, a block's name or length. A
+ * writer must either refuse it with a usage error before writing anything,
+ * or write a file that its reader accepts whole.
+ */
+export function arbWriterInput(opts: BlockSetOptions & WriteSequenceOptions = {}): fc.Arbitrary<{ set: BlockSet; ops: WriteOp[]; mutation: WriterInputMutation }> {
+  // Each field is changed now and then, so that about half the inputs stay valid.
+  const sometimes = <T>(a: fc.Arbitrary<T>): fc.Arbitrary<T | undefined> => fc.oneof({ weight: 9, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: a });
+  const mutation: fc.Arbitrary<WriterInputMutation> = fc
+    .record({
+      machine: sometimes(arbMachineName()),
+      capabilities: sometimes(fc.subarray(['mapped-ram', 'x-ignore-shared', 'multifd', 'validate-uuid', '', 'x'.repeat(300)])),
+      targetPageBits: sometimes(fc.integer({ min: 8, max: 18 })),
+      uuid: sometimes(fc.oneof(fc.uuid(), fc.constantFrom('', 'not-a-uuid', '12345678123456781234567812345678'))),
+      pageSize: sometimes(fc.constantFrom(512, 1000, 2048, 3000, 4096, 8192, 1 << 17)),
+      block: sometimes(
+        fc.record(
+          {
+            index: fc.nat({ max: 5 }),
+            name: fc.oneof(arbBlockName(), fc.constantFrom('', 'x'.repeat(256), 'pc.ram', 'pc.ram\u0100')),
+            usedLength: fc.constantFrom(0, 1, 4095, 4096, 8192, -4096, 2 ** 60, 1.5),
+          },
+          { requiredKeys: ['index'] },
+        ),
+      ),
+    })
+    .map((m) => Object.fromEntries(Object.entries(m).filter(([, v]) => v !== undefined)) as WriterInputMutation);
+  return arbSnapshotCase(opts).chain(({ set, ops }) => mutation.map((m) => ({ set, ops, mutation: m })));
+}
+
+/** SnapshotWriter options for a writer input (`writerOptions` of the set with the mutation laid over it). */
+export function mutatedWriterOptions(set: BlockSet, m: WriterInputMutation, extra: Partial<WriterOptions> = {}): WriterOptions {
+  const o = writerOptions(set, extra);
+  const blocks = o.blocks.map((b) => ({ ...b }));
+  if (m.block && blocks.length > 0) {
+    const b = blocks[m.block.index % blocks.length];
+    if (m.block.name !== undefined) b.name = m.block.name;
+    if (m.block.usedLength !== undefined) b.usedLength = m.block.usedLength;
+  }
+  return {
+    ...o,
+    blocks,
+    ...(m.machine !== undefined ? { machine: m.machine } : {}),
+    ...(m.capabilities !== undefined ? { capabilities: m.capabilities } : {}),
+    ...(m.targetPageBits !== undefined ? { targetPageBits: m.targetPageBits } : {}),
+    ...(m.uuid !== undefined ? { uuid: m.uuid } : {}),
+    ...(m.pageSize !== undefined ? { pageSize: m.pageSize } : {}),
+  };
 }
 
 /** Labels a page so that fast-check prints `fill(4096, 0x7f)` rather than 4096 numbers. */

@@ -11,6 +11,7 @@
  * are equal.
  */
 import fs from 'node:fs';
+import { HoleMap, type DataExtent } from '../../reader/holes.js';
 import { synthesize } from '../helpers/synth.js';
 
 export const PAGE_SIZE = 4096;
@@ -157,6 +158,32 @@ export function sameContent(a: string, b: string): boolean {
   } finally {
     fs.closeSync(fa);
     fs.closeSync(fb);
+  }
+}
+
+/** sameContent for sparse files: only the data extents of either (reader/holes.ts) are read; elsewhere both are holes, so zero. */
+export async function sameSparseContent(a: string, b: string): Promise<boolean> {
+  const size = fs.statSync(a).size;
+  if (size !== fs.statSync(b).size) return false;
+  const fds = [fs.openSync(a, 'r'), fs.openSync(b, 'r')];
+  const maps = await Promise.all(fds.map((fd, i) => HoleMap.open(fd, [a, b][i])));
+  try {
+    const ranges: DataExtent[] = [];
+    for (const m of maps) for await (const e of m.dataExtents(0, size)) ranges.push(e);
+    const ba = Buffer.alloc(16 * MiB);
+    const bb = Buffer.alloc(16 * MiB);
+    for (const r of ranges) {
+      for (let at = r.start; at < r.end; at += ba.length) {
+        const n = Math.min(ba.length, r.end - at);
+        readFully(fds[0], ba.subarray(0, n), at);
+        readFully(fds[1], bb.subarray(0, n), at);
+        if (!ba.subarray(0, n).equals(bb.subarray(0, n))) return false;
+      }
+    }
+    return true;
+  } finally {
+    for (const m of maps) m.close();
+    for (const fd of fds) fs.closeSync(fd);
   }
 }
 

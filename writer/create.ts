@@ -18,6 +18,7 @@ import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js'
 import type { Snapshot } from '../reader/snapshot.js';
 import { openUnpatched, type ReadGuard } from './journal.js';
 import { COPY_CHUNK, checkConvertible, copyBlock, mappedRamWriterLike, pump, type Chunk, type PageSink } from './convert.js';
+import { checkOutput, type OutputOptions } from './sink.js';
 import { SnapshotWriter } from './snapshot-writer.js';
 
 export interface RamImage {
@@ -27,7 +28,7 @@ export interface RamImage {
   file: string;
 }
 
-export interface CreateOptions {
+export interface CreateOptions extends OutputOptions {
   images: RamImage[];
   /** A QEMU snapshot of the same machine to take blocks and device state from. */
   template?: string;
@@ -73,9 +74,7 @@ export async function createSnapshot(output: string, o: CreateOptions): Promise<
   if (!o.template && o.machine === undefined) {
     throw new RamsnapUsageError('MACHINE_REQUIRED', 'without --template, --machine is required (the exact machine type of the VM that will load it, e.g. pc-q35-10.0)', 'machine');
   }
-  if (!o.force && fs.existsSync(output)) {
-    throw new RamsnapIoError('OUTPUT_EXISTS', `output ${output} already exists (use --force to replace it)`, output);
-  }
+  checkOutput(output, o.force ?? false);
   const images: OpenImage[] = [];
   let template: Snapshot | undefined;
   let guard: ReadGuard | undefined;
@@ -120,6 +119,8 @@ async function build(output: string, o: CreateOptions, images: OpenImage[], temp
       blocks: images.map((i) => ({ name: i.block, usedLength: i.size })),
       force: o.force,
       fsync: o.fsync,
+      mode: o.mode,
+      onProgress: o.onProgress,
     });
   }
   let pagesRead = 0;

@@ -35,9 +35,9 @@ import { RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, be64, planLayout, type PlanBlock } from '../format/layout.js';
 import { encodeFileHeader, encodeSectionStart } from '../format/section.js';
 import { encodeRamSetupEnd, encodeStreamEnd, type DeviceState } from '../format/tail.js';
-import { TempFile } from './sink.js';
+import { Coverage, TempFile, type OutputOptions } from './sink.js';
 
-export interface LegacyWriterOptions {
+export interface LegacyWriterOptions extends OutputOptions {
   blocks: PlanBlock[];
   pageSize: number;
   /** Machine type, capabilities (mapped-ram is refused), target-page-bits and uuid, written as given. */
@@ -66,6 +66,7 @@ export class LegacyWriter {
   /** Block of the previous page record: the next record for it carries CONTINUE and no name. */
   private lastBlock: string | undefined;
   private readonly zeroPage: Buffer;
+  private readonly coverage: Coverage;
   private done = false;
   /** Records written so far (PAGE and ZERO). */
   pageRecords = 0;
@@ -78,6 +79,7 @@ export class LegacyWriter {
   ) {
     this.byName = new Map(opts.blocks.map((b) => [b.name, b]));
     this.zeroPage = Buffer.alloc(opts.pageSize);
+    this.coverage = new Coverage(opts.blocks, opts.onProgress);
   }
 
   static async create(target: string, opts: LegacyWriterOptions): Promise<LegacyWriter> {
@@ -91,7 +93,7 @@ export class LegacyWriter {
       if (err instanceof LayoutError) throw new RamsnapUsageError(err.code, err.message, err.field);
       throw err;
     }
-    const w = new LegacyWriter(target, TempFile.create(target, opts.force), opts);
+    const w = new LegacyWriter(target, TempFile.create(target, { force: opts.force, mode: opts.mode }), opts);
     try {
       await w.append(encodeLegacyHead(opts));
     } catch (err) {
@@ -123,13 +125,16 @@ export class LegacyWriter {
         await this.record(blockName, (first + p) * ps, RamFlag.PAGE, page);
       }
     }
+    this.coverage.reached(blockName, (first + n) * ps);
   }
 
   /** Appends ZERO records for `count` pages from page `first` (nothing when zeroRecords is off). */
   async zeroPages(blockName: string, first: number, count: number): Promise<void> {
     this.checkRange(blockName, first, count, count * this.opts.pageSize);
-    if (!(this.opts.zeroRecords ?? true)) return;
-    for (let p = first; p < first + count; p++) await this.record(blockName, p * this.opts.pageSize, RamFlag.ZERO, undefined);
+    if (this.opts.zeroRecords ?? true) {
+      for (let p = first; p < first + count; p++) await this.record(blockName, p * this.opts.pageSize, RamFlag.ZERO, undefined);
+    }
+    this.coverage.reached(blockName, (first + count) * this.opts.pageSize);
   }
 
   /** Ends the RAM section, writes the device state, syncs and renames to the target. */
@@ -140,6 +145,7 @@ export class LegacyWriter {
       await this.flush();
       this.done = true;
       await this.sink.commit(this.position, this.opts.fsync ?? true);
+      this.coverage.finished();
     } catch (err) {
       await this.abort();
       throw err;

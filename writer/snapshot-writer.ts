@@ -15,9 +15,9 @@ import { RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, encodeBlockEntry, planLayout, type BlockPlan, type LayoutPlan, type PlanOptions } from '../format/layout.js';
 import { encodeTail, type DeviceState } from '../format/tail.js';
 import type { TargetLock } from './lock.js';
-import { TempFile } from './sink.js';
+import { Coverage, TempFile, type OutputOptions } from './sink.js';
 
-export interface WriterOptions extends PlanOptions {
+export interface WriterOptions extends PlanOptions, OutputOptions {
   /** Device sections and description to put after the RAM (from a template); none: a RAM-only stream. */
   device?: DeviceState;
   /** Bytes before the stream (with streamOffset), e.g. a libvirt header; zeros when absent. */
@@ -53,6 +53,7 @@ export class SnapshotWriter {
   private failure: unknown;
   /** abort() was called by the user (not after a failure, nor after finalize). */
   private aborted = false;
+  private readonly coverage: Coverage;
 
   private constructor(
     readonly target: string,
@@ -63,6 +64,7 @@ export class SnapshotWriter {
     this.bitmaps = currentPlan.blocks.map((b) => new Uint8Array(b.bitmapSize));
     this.byName = new Map(currentPlan.blocks.map((b, i) => [b.name, i]));
     this.zeroPage = Buffer.alloc(currentPlan.pageSize);
+    this.coverage = new Coverage(currentPlan.blocks, opts.onProgress);
   }
 
   get plan(): LayoutPlan {
@@ -80,7 +82,7 @@ export class SnapshotWriter {
     if (opts.prefix && (opts.streamOffset ?? 0) !== opts.prefix.length) {
       throw new RamsnapUsageError('BAD_OFFSET', `prefix is ${opts.prefix.length} bytes but the stream offset is ${opts.streamOffset ?? 0}`, 'streamOffset');
     }
-    const w = new SnapshotWriter(target, TempFile.create(target, opts.force, opts.lock), plan, opts);
+    const w = new SnapshotWriter(target, TempFile.create(target, { force: opts.force, lock: opts.lock, mode: opts.mode }), plan, opts);
     try {
       if (opts.prefix) await w.sink.write(0, opts.prefix);
       await w.sink.write(plan.streamOffset, plan.head);
@@ -150,6 +152,7 @@ export class SnapshotWriter {
         this.startWriteback((p - start) * ps);
       }
     }
+    this.coverage.reached(blockName, (first + n) * ps);
   }
 
   private startWriteback(bytes: number): void {
@@ -176,6 +179,7 @@ export class SnapshotWriter {
     }
     this.checkOpen();
     setRange(this.bitmaps[this.byName.get(blockName) as number], first, count, false);
+    this.coverage.reached(blockName, (first + count) * this.plan.pageSize);
   }
 
   /**
@@ -221,6 +225,7 @@ export class SnapshotWriter {
       await this.sink.write(this.plan.tailOffset, tail);
       this.done = true;
       await this.sink.commit(this.plan.tailOffset + tail.length, this.opts.fsync ?? true);
+      this.coverage.finished();
     } catch (err) {
       await this.abort();
       throw err;

@@ -31,6 +31,8 @@ export interface SparsifyOptions {
   fsync?: boolean;
   /** Called with the temporary file's path once it exists (tests, progress). */
   onTemp?: (tempPath: string) => void;
+  /** Called now and then with the bytes of guest memory rewritten so far and their total. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface SparsifyResult {
@@ -94,7 +96,7 @@ async function rewrite(file: string, target: string, before: fs.Stats, lock: Tar
       });
     }
     const prefix = m.streamOffset > 0 ? await snap.source.read(0, m.streamOffset, 'prefix') : undefined;
-    w = await SnapshotWriter.create(target, { ...opts, device: await deviceStateOf(snap), prefix, force: true, fsync: o.fsync ?? true, lock });
+    w = await SnapshotWriter.create(target, { ...opts, device: await deviceStateOf(snap), prefix, force: true, fsync: o.fsync ?? true, lock, onProgress: o.onProgress });
     o.onTemp?.(w.tempPath);
     // The new file keeps the original's permissions (a snapshot holds guest memory) and, when we may, its owner.
     fs.chmodSync(w.tempPath, before.mode & 0o7777);

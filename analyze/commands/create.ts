@@ -3,7 +3,9 @@ import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../../format/constants.js';
 import { RamsnapUsageError } from '../../format/errors.js';
 import { createSnapshot, parseRamImage } from '../../writer/create.js';
 import { bytes, printable } from '../human.js';
-import { parseSize } from '../options.js';
+import { withOffsetHint } from '../open.js';
+import { MODE_OPTION, parseMode, parseSize } from '../options.js';
+import { progressBar } from '../progress.js';
 
 interface CreateArgs {
   output: string;
@@ -13,6 +15,7 @@ interface CreateArgs {
   'page-size'?: string;
   machine?: string;
   force?: boolean;
+  mode?: string;
   json?: boolean;
 }
 
@@ -27,7 +30,8 @@ export function builder(y: Argv): Argv<CreateArgs> {
     .option('template-offset', { type: 'string', describe: 'the template stream starts at this byte (as with migrate file:PATH,offset=N)' })
     .option('page-size', { type: 'string', describe: 'target page size without a template (default 4096)' })
     .option('machine', { type: 'string', describe: 'machine type, e.g. pc-q35-10.0 (required without --template; must match the template)' })
-    .option('force', { type: 'boolean', describe: 'replace an existing output file' })
+    .option('force', { type: 'boolean', describe: 'replace an existing output file (a symlink is replaced, never followed; a device, FIFO, socket or directory never is)' })
+    .option('mode', MODE_OPTION)
     .option('json', { type: 'boolean', describe: 'print JSON instead of text' })
     .example('$0 create -o vm.snap --template saved.snap --ram pc.ram=mem.raw', 'saved.snap with its guest RAM replaced by mem.raw')
     .example('$0 create -o ram.snap --machine pc-q35-10.0 --ram pc.ram=mem.raw', 'a RAM-only stream (QEMU keeps its own device state)') as unknown as Argv<CreateArgs>;
@@ -45,14 +49,17 @@ export async function handler(args: ArgumentsCamelCase<CreateArgs>): Promise<voi
   if (images.length === 0 && args.template === undefined) {
     throw new RamsnapUsageError('NO_BLOCKS', 'name at least one --ram NAME=FILE (or a --template to copy)', 'ram');
   }
-  const r = await createSnapshot(args.output, {
-    images,
-    template: args.template,
-    templateOffset: args['template-offset'] === undefined ? undefined : parseSize(args['template-offset'], 'template-offset'),
-    pageSize,
-    machine: args.machine,
-    force: args.force,
-  });
+  const mode = parseMode(args.mode);
+  const templateOffset = args['template-offset'] === undefined ? undefined : parseSize(args['template-offset'], 'template-offset');
+  const bar = await progressBar('create', { json: args.json });
+  let r;
+  try {
+    r = await createSnapshot(args.output, { images, template: args.template, templateOffset, pageSize, machine: args.machine, force: args.force, mode, onProgress: (d, t) => bar.update(d, t) });
+  } catch (err) {
+    throw args.template === undefined ? err : withOffsetHint(args.template, err, '--template-offset');
+  } finally {
+    bar.stop();
+  }
   if (args.json) {
     process.stdout.write(JSON.stringify({ output: args.output, ...r }, null, 2) + '\n');
     return;

@@ -2,7 +2,9 @@ import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { RamsnapUsageError } from '../../format/errors.js';
 import { describeRecovery, patchSnapshot, recoverPatch, type PatchData } from '../../writer/patch.js';
 import { hex, printable } from '../human.js';
+import { withOffsetHint } from '../open.js';
 import { parseSize } from '../options.js';
+import { progressBar } from '../progress.js';
 
 interface PatchArgs {
   file: string;
@@ -64,7 +66,15 @@ export async function handler(args: ArgumentsCamelCase<PatchArgs>): Promise<void
   if (args.at === undefined) throw new RamsnapUsageError('USAGE', 'patch needs --at N (or --recover)', 'at');
   const data = patchData(args);
   const at = parseSize(args.at, 'at');
-  const r = await patchSnapshot(args.file, { block: args.block, at, data, offset });
+  const bar = await progressBar('patch', { json: args.json });
+  let r;
+  try {
+    r = await patchSnapshot(args.file, { block: args.block, at, data, offset, onProgress: (d, t) => bar.update(d, t) });
+  } catch (err) {
+    throw withOffsetHint(args.file, err);
+  } finally {
+    bar.stop();
+  }
   if (args.json) {
     process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     return;

@@ -30,6 +30,7 @@ import { SharedFileSource, type SharedBlock } from './ram-source.js';
 import { realClock } from './sim-guest.js';
 import { onInterrupt } from '../writer/cleanup.js';
 import { tempPathFor } from '../writer/lock.js';
+import { checkOutput } from '../writer/sink.js';
 import { SnapshotWriter } from '../writer/snapshot-writer.js';
 import { deviceStateOf } from '../writer/template.js';
 
@@ -198,6 +199,8 @@ async function waitMigration(qmp: QmpClient, signal?: AbortSignal): Promise<void
 export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
   const log = o.log ?? (() => {});
   const then = o.then ?? 'resume';
+  // A bad output is refused before the guest is touched (the writer checks again when it creates the file).
+  checkOutput(o.output, o.force ?? false);
   const qmp = await QmpClient.connect(o.qmp);
   let writer: SnapshotWriter | undefined;
   let source: SharedFileSource | undefined;

@@ -50,7 +50,11 @@ export function buildCli(argv: string[]): Argv {
     .version(packageVersion())
     .middleware((a) => oneValueEach(a, y), true)
     .wrap(null)
-    .epilogue('Exit status: 0 ok, 1 invalid or incomplete file (or failed check), 2 bad usage.\nSee SPEC.md for the format and every error code.')
+    .epilogue(
+      'Exit status: 0 ok, 1 invalid or incomplete file (or failed check, or an I/O error), 2 bad usage, 130/143 stopped by SIGINT/SIGTERM (what it had not finished is removed).\n' +
+        'Outputs holding guest memory are created 0600 (--mode to change); --force never replaces a device, FIFO, socket or directory.\n' +
+        'See SPEC.md for the format and every error code, docs/writers.md for outputs.',
+    )
     .fail((msg, err) => {
       if (err) throw err;
       throw new RamsnapUsageError('USAGE', msg, 'argv');

@@ -14,7 +14,7 @@
  * `migrate-set-parameters` (qemuTailSettings).
  *
  * Every message below was checked against a running QEMU 10.0.2 over QMP
- * (test/save-options.test.ts repeats that when QEMU is installed);
+ * (test/vm/save-options.test.ts repeats that when QEMU is installed);
  * docs/live-save.md §1 has the table with each rule's source in QEMU.
  *
  * Pure, except that a policy given as a module path is checked to name a

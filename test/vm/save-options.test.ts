@@ -12,10 +12,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { report } from '../analyze/cli.js';
-import { flagsToInput, resolveSaveOptions, saveOptionsFromArgv } from '../analyze/save-flags.js';
-import { RamsnapUsageError } from '../format/errors.js';
-import { Qemu, kvmAvailable, qemuAvailable } from '../fixtures/qemu.js';
+import { report } from '../../analyze/cli.js';
+import { flagsToInput, resolveSaveOptions, saveOptionsFromArgv } from '../../analyze/save-flags.js';
+import { RamsnapUsageError } from '../../format/errors.js';
+import { Qemu, kvmAvailable, qemuAvailable } from '../../fixtures/qemu.js';
 import {
   QEMU_MESSAGES,
   checkSaveOptions,
@@ -26,7 +26,7 @@ import {
   qemuParameters,
   qemuTailSettings,
   type Violation,
-} from '../vm/save-options.js';
+} from '../../vm/save-options.js';
 
 function repoRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
@@ -415,7 +415,7 @@ describe('config file and flags', () => {
 
   it('--cap does not swallow the positional after it', async () => {
     const { default: yargs } = await import('yargs');
-    const { withSaveOptions } = await import('../analyze/save-flags.js');
+    const { withSaveOptions } = await import('../../analyze/save-flags.js');
     const argv = withSaveOptions(yargs(['--cap', 'multifd=on', 'OUT'])).parseSync();
     expect(argv._).toEqual(['OUT']);
     expect(flagsToInput(argv).input).toEqual({ capabilities: { multifd: 'on' } });

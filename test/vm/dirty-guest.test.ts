@@ -24,9 +24,9 @@ import {
   startDirtyGuest,
   type DirtyGuest,
   type StreamPosition,
-} from '../fixtures/dirty-guest.js';
-import { Qemu, kvmAvailable, qemuAvailable, sleep } from '../fixtures/qemu.js';
-import { Snapshot } from '../reader/snapshot.js';
+} from '../../fixtures/dirty-guest.js';
+import { Qemu, kvmAvailable, qemuAvailable, sleep } from '../../fixtures/qemu.js';
+import { Snapshot } from '../../reader/snapshot.js';
 
 const MiB = 1 << 20;
 

@@ -15,11 +15,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { checkDirtyGuestMemory, readDirtyGuestRecord, startDirtyGuest, type DirtyGuest } from '../fixtures/dirty-guest.js';
-import { Qemu, qemuAvailable, sleep } from '../fixtures/qemu.js';
-import { Snapshot } from '../reader/snapshot.js';
-import { liveSave } from '../vm/live-save.js';
-import { builtinPolicy } from '../vm/policies.js';
+import { checkDirtyGuestMemory, readDirtyGuestRecord, startDirtyGuest, type DirtyGuest } from '../../fixtures/dirty-guest.js';
+import { Qemu, qemuAvailable, sleep } from '../../fixtures/qemu.js';
+import { Snapshot } from '../../reader/snapshot.js';
+import { liveSave } from '../../vm/live-save.js';
+import { builtinPolicy } from '../../vm/policies.js';
 
 const HAVE_QEMU = qemuAvailable();
 const BIN = path.resolve('dist/analyze/bin.js');

@@ -4,6 +4,7 @@
  * cli-progress handles redraw throttling, terminal width and ETA, which is
  * more than is worth writing here.
  */
+import { onInterrupt } from '../writer/cleanup.js';
 
 export interface Progress {
   /** `total` may be given with each update (writers learn it once they start). */
@@ -28,6 +29,8 @@ export async function progressBar(label: string, o: { total?: number; json?: boo
   const mib = (n: number): string => (n / 2 ** 20).toFixed(0);
   let bar: InstanceType<typeof cliProgress.SingleBar> | undefined;
   let shownTotal = 0;
+  // The bar hides the cursor: a signal that ends the process must show it again.
+  let forget = (): void => {};
   return {
     update(done, total = o.total ?? 0) {
       if (!bar) {
@@ -43,6 +46,8 @@ export async function progressBar(label: string, o: { total?: number; json?: boo
         );
         bar.start(total, 0, { done: '0', all: mib(total) });
         shownTotal = total;
+        const shown = bar;
+        forget = onInterrupt(() => shown.stop());
       }
       if (total !== shownTotal) {
         bar.setTotal(total);
@@ -51,7 +56,18 @@ export async function progressBar(label: string, o: { total?: number; json?: boo
       bar.update(done, { done: mib(done), all: mib(total) });
     },
     stop() {
+      forget();
       bar?.stop();
     },
   };
+}
+
+/** Runs `work` with a bar's update as its progress callback, and stops the bar however the work ends. */
+export async function withProgress<T>(label: string, json: boolean | undefined, work: (onProgress: (done: number, total: number) => void) => Promise<T>): Promise<T> {
+  const bar = await progressBar(label, { json });
+  try {
+    return await work((done, total) => bar.update(done, total));
+  } finally {
+    bar.stop();
+  }
 }

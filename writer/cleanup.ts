@@ -1,7 +1,8 @@
 /**
  * What a process must undo if a signal stops it before its work is done:
  * temporary files (TempFile), locks (TargetLock), an unfinished patch
- * journal, an output directory it created. Each writer registers its undo
+ * journal, an output directory it created, a progress bar's hidden
+ * cursor. Each writer registers its undo
  * when it creates the thing and unregisters it when the thing is committed
  * or removed the ordinary way, so at any moment the registry holds exactly
  * what this process has made and not yet finished.

@@ -3,7 +3,7 @@ import { convertSnapshot, type Layout } from '../../writer/convert.js';
 import { printable } from '../human.js';
 import { withOffsetHint } from '../open.js';
 import { MODE_OPTION, openOptions, parseMode, withCommon, type CommonArgs } from '../options.js';
-import { progressBar } from '../progress.js';
+import { withProgress } from '../progress.js';
 
 interface ConvertArgs extends CommonArgs {
   output: string;
@@ -28,15 +28,11 @@ export function builder(y: Argv): Argv<ConvertArgs> {
 export async function handler(args: ArgumentsCamelCase<ConvertArgs>): Promise<void> {
   const { offset, pageSize } = openOptions(args);
   const mode = parseMode(args.mode);
-  const bar = await progressBar('convert', { json: args.json });
-  let r;
-  try {
-    r = await convertSnapshot(args.file, args.output, { to: args.to, offset, pageSize, force: args.force, mode, onProgress: (d, t) => bar.update(d, t) });
-  } catch (err) {
+  const r = await withProgress('convert', args.json, (onProgress) =>
+    convertSnapshot(args.file, args.output, { to: args.to, offset, pageSize, force: args.force, mode, onProgress }),
+  ).catch((err: unknown) => {
     throw withOffsetHint(args.file, err);
-  } finally {
-    bar.stop();
-  }
+  });
   if (args.json) {
     process.stdout.write(JSON.stringify({ input: args.file, output: args.output, ...r }, null, 2) + '\n');
     return;

@@ -5,7 +5,7 @@ import { createSnapshot, parseRamImage } from '../../writer/create.js';
 import { bytes, printable } from '../human.js';
 import { withOffsetHint } from '../open.js';
 import { MODE_OPTION, parseMode, parseSize } from '../options.js';
-import { progressBar } from '../progress.js';
+import { withProgress } from '../progress.js';
 
 interface CreateArgs {
   output: string;
@@ -51,15 +51,11 @@ export async function handler(args: ArgumentsCamelCase<CreateArgs>): Promise<voi
   }
   const mode = parseMode(args.mode);
   const templateOffset = args['template-offset'] === undefined ? undefined : parseSize(args['template-offset'], 'template-offset');
-  const bar = await progressBar('create', { json: args.json });
-  let r;
-  try {
-    r = await createSnapshot(args.output, { images, template: args.template, templateOffset, pageSize, machine: args.machine, force: args.force, mode, onProgress: (d, t) => bar.update(d, t) });
-  } catch (err) {
+  const r = await withProgress('create', args.json, (onProgress) =>
+    createSnapshot(args.output, { images, template: args.template, templateOffset, pageSize, machine: args.machine, force: args.force, mode, onProgress }),
+  ).catch((err: unknown) => {
     throw args.template === undefined ? err : withOffsetHint(args.template, err, '--template-offset');
-  } finally {
-    bar.stop();
-  }
+  });
   if (args.json) {
     process.stdout.write(JSON.stringify({ output: args.output, ...r }, null, 2) + '\n');
     return;

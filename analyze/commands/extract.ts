@@ -48,8 +48,9 @@ export async function handler(args: ArgumentsCamelCase<ExtractArgs>): Promise<vo
   const mode = parseMode(args.mode);
   // Guarded: a file being patched is PATCH_IN_PROGRESS, and one that changed while its pages were copied is FILE_CHANGED.
   const { snap, guard } = await openGuarded(args.file, { ...openOptions(args), lenient: args.salvage ?? false });
-  const createdDir = args.block === undefined ? outputDirectory(args.output) : undefined;
+  let createdDir: ReturnType<typeof outputDirectory>;
   try {
+    if (args.block === undefined) createdDir = outputDirectory(args.output);
     const m = snap.model;
     const plan = planOutputs(snap, args);
     const total = plan.reduce((n, p) => n + p.block.usedLength, 0);
@@ -89,14 +90,23 @@ export async function handler(args: ArgumentsCamelCase<ExtractArgs>): Promise<vo
  * error or a signal: a failed extract leaves no empty directory behind.
  */
 function outputDirectory(dir: string): { keep(): void; removeIfEmpty(): void } | undefined {
+  const notDirectory = (): RamsnapUsageError => new RamsnapUsageError('BAD_OUTPUT', `-o ${dir} is not a directory (use --block NAME -o FILE for one block)`, 'output');
+  // Followed: a symlink to a directory is a directory to write into.
+  let there: fs.Stats | undefined;
+  try {
+    there = fs.statSync(dir, { throwIfNoEntry: false });
+  } catch (err) {
+    throw ioError(err, dir, 'look at');
+  }
+  if (there) {
+    if (!there.isDirectory()) throw notDirectory();
+    return undefined;
+  }
   let first: string | undefined;
   try {
     first = fs.mkdirSync(dir, { recursive: true });
   } catch (err) {
     throw ioError(err, dir, 'create directory');
-  }
-  if (!fs.statSync(dir).isDirectory()) {
-    throw new RamsnapUsageError('BAD_OUTPUT', `-o ${dir} is not a directory (use --block NAME -o FILE for one block)`, 'output');
   }
   if (first === undefined) return undefined;
   // From the deepest directory made up to the first: rmdir removes only empty ones.

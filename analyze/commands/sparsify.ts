@@ -3,7 +3,7 @@ import { sparsifySnapshot } from '../../writer/sparsify.js';
 import { bytes, printable } from '../human.js';
 import { withOffsetHint } from '../open.js';
 import { parseSize } from '../options.js';
-import { progressBar } from '../progress.js';
+import { withProgress } from '../progress.js';
 
 interface SparsifyArgs {
   file: string;
@@ -24,15 +24,9 @@ export function builder(y: Argv): Argv<SparsifyArgs> {
 
 export async function handler(args: ArgumentsCamelCase<SparsifyArgs>): Promise<void> {
   const offset = args.offset === undefined ? undefined : parseSize(args.offset, 'offset');
-  const bar = await progressBar('sparsify', { json: args.json });
-  let r;
-  try {
-    r = await sparsifySnapshot(args.file, { offset, onProgress: (d, t) => bar.update(d, t) });
-  } catch (err) {
+  const r = await withProgress('sparsify', args.json, (onProgress) => sparsifySnapshot(args.file, { offset, onProgress })).catch((err: unknown) => {
     throw withOffsetHint(args.file, err);
-  } finally {
-    bar.stop();
-  }
+  });
   if (args.json) {
     process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     return;

@@ -1,10 +1,8 @@
 #!/usr/bin/env node
-import { run } from './cli.js';
+import { run, stdoutFailed } from './cli.js';
 
-// EPIPE on stdout (e.g. `ramsnap read ... | head`) ends quietly.
-process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-  if (err.code === 'EPIPE') process.exit(0);
-  throw err;
-});
+// A failed write to stdout arrives here, after the write returned: a closed pipe
+// (`ramsnap read ... | head`) ends quietly, a full disk is one IO_ENOSPC line (cli.ts).
+process.stdout.on('error', (err: NodeJS.ErrnoException) => process.exit(stdoutFailed(err)));
 
 await run(process.argv.slice(2));

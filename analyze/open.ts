@@ -1,6 +1,7 @@
 /** Opening a snapshot for a command, and the JSON shape of a model. */
 import fs from 'node:fs';
-import { StateCode, type RamsnapError, type RamsnapFormatError } from '../format/errors.js';
+import { QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION } from '../format/constants.js';
+import { FormatCode, RamsnapFormatError, StateCode, type RamsnapError } from '../format/errors.js';
 import type { SnapshotModel } from '../reader/model.js';
 import type { Snapshot, OpenOptions } from '../reader/snapshot.js';
 import { openUnpatched, type ReadGuard } from '../writer/journal.js';
@@ -34,17 +35,72 @@ export async function openLenient(file: string, opts: OpenOptions): Promise<Snap
  * `guard.check(snap.model.streamOffset)` after the last read, before
  * trusting what was read. Refuses a file being patched (PATCH_IN_PROGRESS).
  */
-export const openGuarded: (file: string, opts: OpenOptions) => Promise<{ snap: Snapshot; guard: ReadGuard }> = openUnpatched;
+export async function openGuarded(file: string, opts: OpenOptions): Promise<{ snap: Snapshot; guard: ReadGuard }> {
+  let opened: { snap: Snapshot; guard: ReadGuard };
+  try {
+    opened = await openUnpatched(file, opts);
+  } catch (err) {
+    throw withOffsetHint(file, err);
+  }
+  const m = opened.snap.model;
+  if (m.error) m.error = withOffsetHint(file, m.error);
+  return opened;
+}
 
-export function errorJson(e: RamsnapFormatError | undefined): Record<string, unknown> | undefined {
+/** How far into a file a stream that does not start at its beginning is looked for (QEMU's `file:PATH,offset=N` saves; libvirt's header is found without this). */
+const OFFSET_HINT_SCAN = 1 << 20;
+
+/**
+ * BAD_MAGIC on a file that holds a stream further in (saved with
+ * `migrate file:PATH,offset=N`): the same error, saying where "QEVM" and
+ * a valid version were found in the first MiB and which flag reads it.
+ * Any other error is returned as it is.
+ */
+export function withOffsetHint<E>(file: string, err: E, flag = '--offset'): E | RamsnapFormatError {
+  if (!(err instanceof RamsnapFormatError) || err.code !== FormatCode.BAD_MAGIC) return err;
+  const at = findStreamStart(file, err.offset);
+  if (at === undefined) return err;
+  return new RamsnapFormatError(
+    FormatCode.BAD_MAGIC,
+    `not a QEMU migration stream at byte ${err.offset}, but one starts at byte ${at} (as saved with migrate file:PATH,offset=${at}): try ${flag} ${at}`,
+    { field: err.field, offset: err.offset, expected: err.expected, actual: err.actual },
+  );
+}
+
+/** The first offset in the first MiB of `file`, other than `except`, holding "QEVM" and the stream version. */
+function findStreamStart(file: string, except: number): number | undefined {
+  let head: Buffer;
+  try {
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    try {
+      head = Buffer.alloc(OFFSET_HINT_SCAN + 8);
+      head = head.subarray(0, fs.readSync(fd, head, 0, head.length, 0));
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return undefined;
+  }
+  const magic = Buffer.alloc(4);
+  magic.writeUInt32BE(QEMU_VM_FILE_MAGIC);
+  for (let i = head.indexOf(magic); i >= 0 && i + 8 <= head.length; i = head.indexOf(magic, i + 1)) {
+    if (i !== except && head.readUInt32BE(i + 4) === QEMU_VM_FILE_VERSION) return i;
+  }
+  return undefined;
+}
+
+/** An error as JSON: code and message, and the field, offset, expected and actual values, or path, that it has. */
+export function errorJson(e: RamsnapError | undefined): Record<string, unknown> | undefined {
   if (!e) return undefined;
+  const f = e as Partial<RamsnapFormatError> & { path?: string };
   return {
     code: e.code,
     message: e.message,
-    field: e.field,
-    offset: e.offset,
-    ...(e.expected !== undefined ? { expected: String(e.expected) } : {}),
-    ...(e.actual !== undefined ? { actual: String(e.actual) } : {}),
+    ...(f.field !== undefined ? { field: f.field } : {}),
+    ...(f.offset !== undefined ? { offset: f.offset } : {}),
+    ...(f.expected !== undefined ? { expected: String(f.expected) } : {}),
+    ...(f.actual !== undefined ? { actual: String(f.actual) } : {}),
+    ...(f.path !== undefined ? { path: f.path } : {}),
   };
 }
 

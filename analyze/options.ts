@@ -44,3 +44,17 @@ export function parseSize(text: string, field: string): number {
   if (!Number.isSafeInteger(n)) throw new RamsnapUsageError('BAD_NUMBER', `--${field} is too large: ${text}`, field);
   return n;
 }
+
+/** The --mode flag of every command that writes a new file. */
+export const MODE_OPTION = {
+  type: 'string',
+  describe: 'permission bits of the output, in octal (e.g. 0640); default 0600 (guest memory is private, as in QEMU\'s own files), and a replaced file keeps its mode',
+} as const;
+
+/** --mode: octal permission bits, 0000 to 0777 (`640`, `0640` or `0o640`); undefined when not given. */
+export function parseMode(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const m = /^(?:0o?)?([0-7]{1,3})$/i.exec(String(text).trim());
+  if (!m) throw new RamsnapUsageError('BAD_MODE', `--mode must be octal permission bits from 0000 to 0777 (e.g. 0640), got ${JSON.stringify(text)}`, 'mode');
+  return parseInt(m[1], 8);
+}

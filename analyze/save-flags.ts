@@ -76,13 +76,14 @@ export function flagsToInput(args: SaveFlagArgs): { input: Record<string, Record
   const capabilities: Record<string, unknown> = {};
   const items = ([] as string[]).concat(args.capability ?? []).flatMap((s) => String(s).split(','));
   for (const item of items) {
-    const m = /^([^=]+?)(?:=(.*))?$/.exec(String(item).trim());
-    if (!m || m[1] === '') {
-      violations.push({ code: OptionCode.OPTION_TYPE, field: 'capabilities', message: `--capability takes NAME=on|off, got ${JSON.stringify(item)}` });
+    const m = /^([^=]+?)=(.*)$/.exec(String(item).trim());
+    if (!m) {
+      // A bare NAME is refused rather than taken as on: `--cap multifd` reads as well as a request to look it up.
+      const hint = /^[^=]+$/.test(String(item).trim()) ? ` (say ${String(item).trim()}=on or ${String(item).trim()}=off)` : '';
+      violations.push({ code: OptionCode.OPTION_TYPE, field: 'capabilities', message: `--capability takes NAME=on|off, got ${JSON.stringify(item)}${hint}` });
       continue;
     }
-    // A bare NAME turns it on, as QEMU's HMP `migrate_set_capability NAME on` would.
-    capabilities[m[1]] = m[2] === undefined ? true : m[2];
+    capabilities[m[1]] = m[2];
   }
   const parameters: Record<string, unknown> = {};
   for (const key of ['multifd-channels', 'direct-io', 'downtime-limit', 'max-bandwidth', 'x-checkpoint-delay'] as const) {
@@ -97,6 +98,19 @@ export function flagsToInput(args: SaveFlagArgs): { input: Record<string, Record
   if (Object.keys(parameters).length) input.parameters = parameters;
   if (Object.keys(precopy).length) input.precopy = precopy;
   return { input, violations };
+}
+
+/**
+ * The fields (`capabilities.multifd`, `parameters.downtime-limit`, ...)
+ * whose value came from a flag: a violation of one of them is a bad flag
+ * (exit 2), of any other a bad config file (exit 1). `capabilities`
+ * stands for a --capability that is not NAME=VALUE.
+ */
+export function flagFields(args: SaveFlagArgs): Set<string> {
+  const { input, violations } = flagsToInput(args);
+  const fields = new Set(violations.map((v) => v.field));
+  for (const [section, values] of Object.entries(input)) for (const key of Object.keys(values)) fields.add(`${section}.${key}`);
+  return fields;
 }
 
 /**

@@ -8,18 +8,28 @@
  * reused buffer. A mapped-ram block is copied with synchronous reads and
  * writes in slices of 20 ms (the event loop runs in between); a legacy
  * block keeps a few chunks in flight on libuv's thread pool.
+ *
+ * Outputs are all or nothing, as the snapshot writers' (writer/sink.ts
+ * TempFile): every output path is checked before anything is written, each
+ * output is built under a temporary name beside it (mode 0600, the target's
+ * lock held) and renamed only when every output of the run is complete; an
+ * error removes every temporary file, and a signal does too (cleanup.ts).
+ * No fsync: like cp, extract leaves writeback to the kernel.
  */
 import fs from 'node:fs';
-import { constants as C } from 'node:fs';
-import { RamsnapIoError, ioError } from '../format/errors.js';
+import path from 'node:path';
+import { RamsnapUsageError, ioError } from '../format/errors.js';
+import { TempFile, checkMode, checkOutput } from '../writer/sink.js';
 import type { RamBlock } from './model.js';
 import type { Snapshot } from './snapshot.js';
 import { LEGACY_RECORD_OVERHEAD } from './walk.js';
 
 export interface ExtractOptions {
-  /** Replace an existing output file (never follows a symlink either way). */
+  /** Replace existing regular files (a symlink is replaced, never followed; anything else is never replaced). */
   force?: boolean;
-  /** Called with bytes of guest memory covered so far (present and absent). */
+  /** Permission bits of new outputs (default 0600; a replaced file keeps its own). */
+  mode?: number;
+  /** Called with bytes of guest memory covered so far (present and absent), over all outputs. */
   onProgress?: (bytesDone: number) => void;
   /**
    * Bytes per read: default 256 KiB for a mapped-ram block (copied on this
@@ -38,6 +48,14 @@ export interface ExtractOptions {
   limitBytes?: number;
 }
 
+/** One output of extractBlocks: a block, its file, and how it is copied (ExtractOptions raw and limitBytes). */
+export interface ExtractOutput {
+  block: RamBlock;
+  path: string;
+  raw?: boolean;
+  limitBytes?: number;
+}
+
 export interface ExtractResult {
   path: string;
   block: string;
@@ -48,38 +66,62 @@ export interface ExtractResult {
   bytesPresent: number;
 }
 
-/** Opens `path` for writing without following a symlink and, unless forced, without replacing anything. */
-export function createOutput(path: string, force: boolean): number {
-  if (force) {
-    try {
-      const st = fs.lstatSync(path);
-      if (st.isDirectory()) throw new RamsnapIoError('IO_EISDIR', `output ${path} is a directory`, path);
-      fs.unlinkSync(path); // a symlink is removed, not followed
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(err, path, 'replace');
-    }
-  }
-  try {
-    return fs.openSync(path, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o644);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
-      throw new RamsnapIoError('OUTPUT_EXISTS', `output ${path} already exists (use --force to replace it)`, path);
-    }
-    throw ioError(err, path, 'create');
-  }
+/** Extracts one block to `path` (extractBlocks with one output). */
+export async function extractBlock(snap: Snapshot, block: RamBlock, path: string, opts: ExtractOptions = {}): Promise<ExtractResult> {
+  const [r] = await extractBlocks(snap, [{ block, path, raw: opts.raw, limitBytes: opts.limitBytes }], opts);
+  return r;
 }
 
-export async function extractBlock(snap: Snapshot, block: RamBlock, path: string, opts: ExtractOptions = {}): Promise<ExtractResult> {
-  const fd = createOutput(path, opts.force ?? false);
+/**
+ * Extracts several blocks, all or nothing: every path is checked first
+ * (OUTPUT_EXISTS, OUTPUT_NOT_REGULAR, the same path twice), then each block
+ * is copied into its temporary file, `beforeCommit` runs (a reader's last
+ * check that the snapshot did not change meanwhile), and only then are the
+ * files renamed to their paths, in one synchronous pass.
+ */
+export async function extractBlocks(
+  snap: Snapshot,
+  outputs: ExtractOutput[],
+  opts: Omit<ExtractOptions, 'raw' | 'limitBytes'> & { beforeCommit?: () => void } = {},
+): Promise<ExtractResult[]> {
+  checkMode(opts.mode);
+  const seen = new Set<string>();
+  for (const o of outputs) {
+    const key = path.resolve(o.path);
+    if (seen.has(key)) throw new RamsnapUsageError('DUPLICATE_OUTPUT', `two blocks would be extracted to ${o.path}`, 'output');
+    seen.add(key);
+    checkOutput(o.path, opts.force ?? false);
+  }
+  const temps: TempFile[] = [];
+  const results: ExtractResult[] = [];
+  let published = 0;
   try {
-    fs.ftruncateSync(fd, block.usedLength);
-    const result = await copyBlock(snap, block, fd, path, opts);
-    fs.closeSync(fd);
-    return result;
+    let base = 0;
+    for (const o of outputs) {
+      const temp = TempFile.create(o.path, { force: opts.force, mode: opts.mode });
+      temps.push(temp);
+      try {
+        fs.ftruncateSync(temp.fd, o.block.usedLength);
+      } catch (err) {
+        throw ioError(err, o.path, 'write');
+      }
+      const from = base;
+      const onProgress = opts.onProgress && ((d: number): void => opts.onProgress?.(from + d));
+      results.push(await copyBlock(snap, o.block, temp.fd, o.path, { ...opts, raw: o.raw, limitBytes: o.limitBytes, onProgress }));
+      await temp.seal(o.block.usedLength, false);
+      base += o.block.usedLength;
+    }
+    opts.beforeCommit?.();
+    for (const t of temps) {
+      t.publish(false);
+      published++;
+    }
+    return results;
   } catch (err) {
-    fs.closeSync(fd);
-    fs.rmSync(path, { force: true });
-    throw ioError(err, path, 'write');
+    // What this run made goes: the temporary files, and the outputs already renamed if the renames failed halfway.
+    for (const t of temps.slice(published)) await t.discard();
+    for (const t of temps.slice(0, published)) fs.rmSync(t.target, { force: true });
+    throw err;
   }
 }
 
@@ -157,24 +199,33 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
     const reader = opts.raw
       ? (c: Chunk, buf: Buffer): Promise<Uint8Array> => source.read(pagesOffset + c.at, c.length, field, buf)
       : (c: Chunk, buf: Buffer, scratch: Buffer): Promise<Uint8Array> => snap.read(block, c.at, c.length, buf, scratch);
+    let stop = false;
     const worker = async (): Promise<void> => {
       const buf = Buffer.allocUnsafe(chunkPages * ps);
       // Legacy page records are spread out by their headers: read the span once into scratch.
       const scratch = block.legacy ? Buffer.allocUnsafe(chunkPages * (ps + LEGACY_RECORD_OVERHEAD)) : buf;
-      for (;;) {
+      while (!stop) {
         const next = chunks.next();
         if (next.done) return;
         const c = next.value;
-        await reader(c, buf, scratch);
-        bytesPresent += c.length;
-        for (const [start, end] of nonZeroRuns(buf, c.length / ps)) {
-          await writeAll(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
-          bytesWritten += (end - start) * ps;
+        try {
+          await reader(c, buf, scratch);
+          bytesPresent += c.length;
+          for (const [start, end] of nonZeroRuns(buf, c.length / ps)) {
+            await writeAll(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
+            bytesWritten += (end - start) * ps;
+          }
+        } catch (err) {
+          stop = true; // the other workers take no more chunks
+          throw err;
         }
         progress(c);
       }
     };
-    await Promise.all(Array.from({ length: concurrency }, worker));
+    // Every worker is waited for, so no write is still in flight on the descriptor once the caller closes it.
+    const settled = await Promise.allSettled(Array.from({ length: concurrency }, worker));
+    const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (rejected) throw rejected.reason;
   }
   opts.onProgress?.(block.usedLength);
   return { path, block: block.name, usedLength: block.usedLength, bytesWritten, bytesPresent };

@@ -4,7 +4,7 @@
  * 1 TiB virtual file that costs nothing, and the CLI hands it a real file.
  */
 import fs from 'node:fs';
-import { FormatCode, RamsnapFormatError, ioError } from '../format/errors.js';
+import { FormatCode, RamsnapFormatError, RamsnapIoError, ioError } from '../format/errors.js';
 
 export interface RandomAccessSource {
   /** Bytes in the source. Every offset read from the file is checked against it. */
@@ -105,21 +105,32 @@ export class FileSource implements RandomAccessSource {
     readonly size: number,
   ) {}
 
+  /**
+   * Opens a regular file, or a block device (libvirt can save a domain to
+   * one; its size comes from sysfs, as stat gives 0). Anything else (a
+   * directory, a character device such as /dev/null, a FIFO, a socket) is
+   * NOT_A_FILE: a snapshot is read at random offsets, which none of them
+   * allows. O_NONBLOCK keeps a FIFO from blocking the open until a writer
+   * comes; it changes nothing for files and block devices.
+   */
   static async open(path: string): Promise<FileSource> {
     let fd: number;
     try {
       fd = await new Promise<number>((resolve, reject) =>
-        fs.open(path, 'r', (err, d) => (err ? reject(err) : resolve(d))),
+        fs.open(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK, (err, d) => (err ? reject(err) : resolve(d))),
       );
     } catch (err) {
       throw ioError(err, path, 'open');
     }
-    const st = fs.fstatSync(fd);
-    if (!st.isFile() && !st.isBlockDevice()) {
+    try {
+      const st = fs.fstatSync(fd, { bigint: true });
+      if (st.isFile()) return new FileSource(path, fd, Number(st.size));
+      if (st.isBlockDevice()) return new FileSource(path, fd, blockDeviceSize(path, st.rdev));
+      throw new RamsnapIoError('NOT_A_FILE', `${path} is ${kindOf(st)}, not a regular file: a snapshot is read at random offsets, which it cannot be`, path);
+    } catch (err) {
       fs.closeSync(fd);
-      throw ioError(Object.assign(new Error('not a regular file'), { code: 'EISDIR' }), path, 'read');
+      throw ioError(err, path, 'read');
     }
-    return new FileSource(path, fd, st.size);
   }
 
   async read(offset: number, length: number, field: string, into?: Uint8Array): Promise<Uint8Array> {
@@ -162,4 +173,28 @@ export class FileSource implements RandomAccessSource {
 /** The file shrank under us: truncation at that point. */
 function shrank(field: string, offset: number): RamsnapFormatError {
   return new RamsnapFormatError(FormatCode.TRUNCATED, `file shrank while reading ${field}`, { field, offset });
+}
+
+function kindOf(st: fs.BigIntStats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  return 'something else';
+}
+
+/** A block device's size in bytes: /sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors (Linux). */
+function blockDeviceSize(path: string, rdev: bigint): number {
+  // glibc's major()/minor() split of a 64-bit dev_t.
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  let text: string;
+  try {
+    text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'latin1');
+  } catch (err) {
+    throw new RamsnapIoError('NOT_A_FILE', `${path} is a block device whose size cannot be read from /sys (${(err as NodeJS.ErrnoException).code ?? 'error'})`, path);
+  }
+  const size = Number(text.trim()) * 512;
+  if (!Number.isSafeInteger(size)) throw new RamsnapIoError('NOT_A_FILE', `${path} is a block device of unknown size (${JSON.stringify(text.trim())} sectors)`, path);
+  return size;
 }

@@ -590,8 +590,8 @@ describe.concurrent('files that cannot be read', () => {
     expect(r.stdout).toBe('');
   });
 
-  it('a directory: exit 1, IO_EISDIR', async () => {
-    expectErrorLine(await ramsnap('verify', dir), 1, /^ramsnap: IO_EISDIR: /);
+  it('a directory: exit 1, NOT_A_FILE', async () => {
+    expectErrorLine(await ramsnap('verify', dir), 1, /^ramsnap: NOT_A_FILE: /);
   });
 
   it('a file that is not a QEMU stream: exit 1, BAD_MAGIC, from every command', async () => {

@@ -28,7 +28,9 @@ import { precopy, type PrecopyPolicy, type PrecopyResult, type PrecopyStats } fr
 import { QmpClient, type Json } from './qmp.js';
 import { SharedFileSource, type SharedBlock } from './ram-source.js';
 import { realClock } from './sim-guest.js';
+import { onInterrupt } from '../writer/cleanup.js';
 import { tempPathFor } from '../writer/lock.js';
+import { checkOutput } from '../writer/sink.js';
 import { SnapshotWriter } from '../writer/snapshot-writer.js';
 import { deviceStateOf } from '../writer/template.js';
 
@@ -54,6 +56,8 @@ export interface LiveSaveOptions {
   pageSize?: number;
   force?: boolean;
   fsync?: boolean;
+  /** Permission bits of the snapshot (default 0600, or those of the file it replaces; writer/sink.ts OutputOptions). */
+  mode?: number;
   signal?: AbortSignal;
   onPass?(stats: Readonly<PrecopyStats>): void;
   /** Progress lines (discovery, pause, resume). */
@@ -195,6 +199,8 @@ async function waitMigration(qmp: QmpClient, signal?: AbortSignal): Promise<void
 export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
   const log = o.log ?? (() => {});
   const then = o.then ?? 'resume';
+  // A bad output is refused before the guest is touched (the writer checks again when it creates the file).
+  checkOutput(o.output, o.force ?? false);
   const qmp = await QmpClient.connect(o.qmp);
   let writer: SnapshotWriter | undefined;
   let source: SharedFileSource | undefined;
@@ -202,7 +208,9 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
   let wasRunning = false;
   let saved: Settings | undefined;
   // Named like the writer's temporary file, so a killed save's leftover is removed by the next writer of the target.
+  // QEMU creates it 0600 (migration/file.c), as ramsnap creates its own temporary files.
   const tailPath = tempPathFor(o.output);
+  const forgetTail = onInterrupt(() => fs.rmSync(tailPath, { force: true }));
   try {
     const d = await discover(qmp, o);
     wasRunning = d.running;
@@ -214,6 +222,7 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
       machine: d.machine,
       force: o.force,
       fsync: o.fsync,
+      mode: o.mode,
     });
     source = SharedFileSource.open(d.shared, d.pageSize);
 
@@ -283,6 +292,7 @@ export async function liveSave(o: LiveSaveOptions): Promise<LiveSaveResult> {
     }
     throw err;
   } finally {
+    forgetTail();
     await source?.close();
     qmp.close();
   }

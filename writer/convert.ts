@@ -9,10 +9,9 @@
  * last copy of each page, a mapped-ram input only pages whose bit is set
  * (stale bytes under a clear bit are dropped).
  */
-import fs from 'node:fs';
 import { CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED } from '../format/constants.js';
 import type { Configuration } from '../format/configuration.js';
-import { FormatCode, RamsnapFormatError, RamsnapIoError, RamsnapUsageError } from '../format/errors.js';
+import { FormatCode, RamsnapFormatError, RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, planLayout, writableConfiguration } from '../format/layout.js';
 import type { DeviceState } from '../format/tail.js';
 import type { RamBlock } from '../reader/model.js';
@@ -20,12 +19,13 @@ import { Snapshot } from '../reader/snapshot.js';
 import { LEGACY_RECORD_OVERHEAD } from '../reader/walk.js';
 import { openUnpatched } from './journal.js';
 import { LegacyWriter } from './legacy-writer.js';
+import { checkOutput, type OutputOptions } from './sink.js';
 import { SnapshotWriter } from './snapshot-writer.js';
 import { deviceStateOf } from './template.js';
 
 export type Layout = 'mapped-ram' | 'legacy';
 
-export interface ConvertOptions {
+export interface ConvertOptions extends OutputOptions {
   to: Layout;
   /** Where the input's stream starts (default: 0 or after a libvirt header). */
   offset?: number;
@@ -234,7 +234,7 @@ function legacyConfiguration(cfg: Configuration, pageSize: number): Configuratio
  * RAM section id, configuration with mapped-ram) and carrying its device
  * state, the description's configuration entry rewritten to match.
  */
-export async function mappedRamWriterLike(snap: Snapshot, had: Configuration, output: string, o: { force?: boolean; fsync?: boolean }): Promise<SnapshotWriter> {
+export async function mappedRamWriterLike(snap: Snapshot, had: Configuration, output: string, o: { force?: boolean; fsync?: boolean } & OutputOptions): Promise<SnapshotWriter> {
   const m = snap.model;
   const blocks = snap.blocks.map((b) => ({ name: b.name, usedLength: b.usedLength }));
   const written = mappedRamConfiguration(had, blocks, m.pageSize, m.ramSectionId);
@@ -249,6 +249,8 @@ export async function mappedRamWriterLike(snap: Snapshot, had: Configuration, ou
     device: withConfiguration(await deviceStateOf(snap), had, written),
     force: o.force,
     fsync: o.fsync,
+    mode: o.mode,
+    onProgress: o.onProgress,
   });
 }
 
@@ -260,9 +262,7 @@ export function withConfiguration(dev: DeviceState, had: Configuration, written:
 
 export async function convertSnapshot(input: string, output: string, o: ConvertOptions): Promise<ConvertResult> {
   // Fail before reading anything (the writers check again when they create the file).
-  if (!o.force && fs.existsSync(output)) {
-    throw new RamsnapIoError('OUTPUT_EXISTS', `output ${output} already exists (use --force to replace it)`, output);
-  }
+  checkOutput(output, o.force ?? false);
   // A file being patched is refused, and one patched while we copy is not written out (journal.ts ReadGuard).
   const { snap, guard } = await openUnpatched(input, { offset: o.offset, pageSize: o.pageSize });
   try {
@@ -284,6 +284,8 @@ export async function convertSnapshot(input: string, output: string, o: ConvertO
         device: withConfiguration(dev, had, written),
         force: o.force,
         fsync: o.fsync,
+        mode: o.mode,
+        onProgress: o.onProgress,
       });
     }
     let pagesCopied = 0;

@@ -26,6 +26,7 @@ import { HoleMap, type HoleMapKind } from '../reader/holes.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { openUnpatched, type ReadGuard } from './journal.js';
 import { COPY_CHUNK, checkConvertible, copyBlock, mappedRamWriterLike, pump, type Chunk, type PageSink } from './convert.js';
+import { checkOutput, type OutputOptions } from './sink.js';
 import { SnapshotWriter } from './snapshot-writer.js';
 
 export interface RamImage {
@@ -35,7 +36,7 @@ export interface RamImage {
   file: string;
 }
 
-export interface CreateOptions {
+export interface CreateOptions extends OutputOptions {
   images: RamImage[];
   /** A QEMU snapshot of the same machine to take blocks and device state from. */
   template?: string;
@@ -83,9 +84,7 @@ interface OpenImage extends RamImage {
 export async function createSnapshot(output: string, o: CreateOptions): Promise<CreateResult> {
   // Every input is checked before anything is opened or written: a usage error names its field.
   const target = checkCreateOptions(o);
-  if (!o.force && fs.existsSync(output)) {
-    throw new RamsnapIoError('OUTPUT_EXISTS', `output ${output} already exists (use --force to replace it)`, output);
-  }
+  checkOutput(output, o.force ?? false);
   const images: OpenImage[] = [];
   let template: Snapshot | undefined;
   let guard: ReadGuard | undefined;
@@ -234,6 +233,8 @@ async function build(
       blocks: images.map((i) => ({ name: i.block, usedLength: i.size })),
       force: o.force,
       fsync: o.fsync,
+      mode: o.mode,
+      onProgress: o.onProgress,
     });
   }
   let pagesRead = 0;

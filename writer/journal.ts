@@ -36,6 +36,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { FormatCode, RamsnapIoError, StateCode, ioError, type RamsnapError } from '../format/errors.js';
 import { Snapshot, type OpenOptions } from '../reader/snapshot.js';
+import { onInterrupt } from './cleanup.js';
 import { JOURNAL_SUFFIX, sidecarPath } from './lock.js';
 import { FileSink, syncDirectory } from './sink.js';
 
@@ -139,9 +140,19 @@ export class JournalWriter {
   private readonly hash = crypto.createHash('sha256');
   private readonly records: JournalRecord[] = [];
   private done = false;
+  /**
+   * If a signal stops the process: an unfinished journal is removed (the
+   * file was not touched); a finished one stays, to be replayed by the
+   * next patch or `--recover`, and the CLI's line says so.
+   */
+  private readonly unregister = onInterrupt(() => {
+    if (!this.done) return void fs.rmSync(this.path, { force: true });
+    if (fs.existsSync(this.path)) return `the patch of ${this.file} is whole in its journal: finish it with: ramsnap patch --recover ${this.file}`;
+  });
 
   private constructor(
     readonly path: string,
+    private readonly file: string,
     private readonly sink: FileSink,
     private readonly head: JournalHead,
   ) {}
@@ -155,7 +166,7 @@ export class JournalWriter {
     } catch (err) {
       throw ioError(err, p, 'create the patch journal');
     }
-    const j = new JournalWriter(p, new FileSink(p, fd), head);
+    const j = new JournalWriter(p, file, new FileSink(p, fd), head);
     try {
       const h = Buffer.alloc(HEADER_SIZE);
       h.write(JOURNAL_MAGIC, 0, 'latin1');
@@ -225,6 +236,12 @@ export class JournalWriter {
     if (!this.done) await this.sink.close();
     this.done = true;
     fs.rmSync(this.path, { force: true });
+    this.unregister();
+  }
+
+  /** The finished journal was replayed (and removed), or its failure reported: a signal has nothing more to say about it. */
+  settled(): void {
+    this.unregister();
   }
 }
 

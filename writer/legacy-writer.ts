@@ -36,9 +36,9 @@ import { LayoutError, be64, checkBlocks, checkRamSectionId, writableConfiguratio
 import { encodeFileHeader, encodeSectionStart } from '../format/section.js';
 import { encodeRamSetupEnd, encodeStreamEnd, type DeviceState } from '../format/tail.js';
 import { checkDescribedPageSize, checkReadable, unrecordedPageSize } from './readable.js';
-import { TempFile } from './sink.js';
+import { Coverage, TempFile, type OutputOptions } from './sink.js';
 
-export interface LegacyWriterOptions {
+export interface LegacyWriterOptions extends OutputOptions {
   blocks: PlanBlock[];
   pageSize: number;
   /** Machine type, capabilities (none can be written), target-page-bits (QEMU's rule for a known machine) and uuid. */
@@ -67,6 +67,7 @@ export class LegacyWriter {
   /** Block of the previous page record: the next record for it carries CONTINUE and no name. */
   private lastBlock: string | undefined;
   private readonly zeroPage: Buffer;
+  private readonly coverage: Coverage;
   private done = false;
   /** Records written so far (PAGE and ZERO). */
   pageRecords = 0;
@@ -79,6 +80,7 @@ export class LegacyWriter {
   ) {
     this.byName = new Map(opts.blocks.map((b) => [b.name, b]));
     this.zeroPage = Buffer.alloc(opts.pageSize);
+    this.coverage = new Coverage(opts.blocks, opts.onProgress);
   }
 
   /** Refuses (RamsnapUsageError) what QEMU could not load or ramsnap could not read back: see writableConfiguration. */
@@ -104,7 +106,7 @@ export class LegacyWriter {
       );
     }
     opts = { ...opts, configuration };
-    const w = new LegacyWriter(target, TempFile.create(target, opts.force), opts);
+    const w = new LegacyWriter(target, TempFile.create(target, { force: opts.force, mode: opts.mode }), opts);
     try {
       await w.append(encodeLegacyHead(opts));
     } catch (err) {
@@ -136,13 +138,16 @@ export class LegacyWriter {
         await this.record(blockName, (first + p) * ps, RamFlag.PAGE, page);
       }
     }
+    this.coverage.reached(blockName, (first + n) * ps);
   }
 
   /** Appends ZERO records for `count` pages from page `first` (nothing when zeroRecords is off). */
   async zeroPages(blockName: string, first: number, count: number): Promise<void> {
     this.checkRange(blockName, first, count, count * this.opts.pageSize);
-    if (!(this.opts.zeroRecords ?? true)) return;
-    for (let p = first; p < first + count; p++) await this.record(blockName, p * this.opts.pageSize, RamFlag.ZERO, undefined);
+    if (this.opts.zeroRecords ?? true) {
+      for (let p = first; p < first + count; p++) await this.record(blockName, p * this.opts.pageSize, RamFlag.ZERO, undefined);
+    }
+    this.coverage.reached(blockName, (first + count) * this.opts.pageSize);
   }
 
   /** Ends the RAM section, writes the device state, syncs and renames to the target. */
@@ -153,6 +158,7 @@ export class LegacyWriter {
       await this.flush();
       this.done = true;
       await this.sink.commit(this.position, this.opts.fsync ?? true);
+      this.coverage.finished();
     } catch (err) {
       await this.abort();
       throw err;

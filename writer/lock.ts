@@ -26,6 +26,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { RamsnapIoError, StateCode, ioError } from '../format/errors.js';
+import { onInterrupt } from './cleanup.js';
 
 export const LOCK_SUFFIX = '.ramsnap-lock';
 /** Temporary files beside a target: `.NAME.ramsnap-tmp-PID-HEX` (the writer's, QEMU's part of a save, a lock being made). */
@@ -135,6 +136,8 @@ const UNREADABLE_STALE_MS = 10_000;
 
 export class TargetLock {
   private released = false;
+  /** Until released, a signal that stops the process releases it too (cleanup.ts). */
+  private readonly unregister = onInterrupt(() => this.release());
 
   private constructor(
     readonly target: string,
@@ -162,6 +165,8 @@ export class TargetLock {
     // would leave an empty lock to a process killed between the two.
     const tempPath = tempPathFor(target);
     try {
+      // 0644, unlike every file that holds guest memory: a lock holds only its owner's line, which
+      // another user's ramsnap must be able to read to tell a stale lock from a live one.
       fs.writeFileSync(tempPath, `${JSON.stringify(me)}\n`, { flag: 'wx', mode: 0o644 });
     } catch (err) {
       // EEXIST: the name is someone else's file, not ours to remove.
@@ -202,6 +207,7 @@ export class TargetLock {
   release(): void {
     if (this.released) return;
     this.released = true;
+    this.unregister();
     try {
       const owner = parseOwner(fs.readFileSync(this.path, 'utf8'));
       if (owner?.token === this.token) fs.unlinkSync(this.path);

@@ -42,6 +42,8 @@ export interface PatchOptions {
   offset?: number;
   /** fsync between the steps (default true). */
   fsync?: boolean;
+  /** Called now and then with the bytes of the patch handled so far and their total. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface PatchResult {
@@ -86,7 +88,7 @@ export async function patchSnapshot(file: string, o: PatchOptions): Promise<Patc
         if (!Number.isSafeInteger(o.at) || o.at < 0 || o.at + length > block.usedLength) {
           throw new RamsnapUsageError('OUT_OF_RANGE', `--at ${o.at} with ${length} bytes runs past the end of ${block.name} (${block.usedLength} bytes)`, 'at');
         }
-        const r = await applyPatch(snap, file, block, o.at, data, o.fsync ?? true);
+        const r = await applyPatch(snap, file, block, o.at, data, o.fsync ?? true, o.onProgress);
         return recovered.action === 'none' ? r : { ...r, recovered: recovered.action };
       } finally {
         await snap.close();
@@ -173,7 +175,15 @@ const enum Fate {
   ZEROS,
 }
 
-async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: number, data: OpenPatchData, sync: boolean): Promise<PatchResult> {
+async function applyPatch(
+  snap: Snapshot,
+  file: string,
+  block: RamBlock,
+  at: number,
+  data: OpenPatchData,
+  sync: boolean,
+  onProgress?: (done: number, total: number) => void,
+): Promise<PatchResult> {
   const mr = block.mappedRam as NonNullable<RamBlock['mappedRam']>;
   const ps = block.pageSize;
   const end = at + data.length;
@@ -250,6 +260,7 @@ async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: num
         result.pagesWritten += p - start;
         result.pageWrites++;
       }
+      onProgress?.((c0 + n - firstPage) * ps, (endPage - firstPage) * ps);
     }
     if (visible === 0 && result.bitsSet === 0) {
       // Nothing the guest would see changes (zeros over absent pages): no journal, no marker.
@@ -273,6 +284,8 @@ async function applyPatch(snap: Snapshot, file: string, block: RamBlock, at: num
   } catch (err) {
     const e = err instanceof RamsnapError ? err : ioError(err, file, 'write');
     throw new RamsnapIoError(e.code, `${e.message}; the patch is in the journal: finish it with: ramsnap patch --recover ${file}`, file);
+  } finally {
+    journal.settled();
   }
   return result;
 }

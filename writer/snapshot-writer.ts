@@ -16,9 +16,9 @@ import { LayoutError, encodeBlockEntry, planLayout, type BlockPlan, type LayoutP
 import { encodeTail, type DeviceState } from '../format/tail.js';
 import type { TargetLock } from './lock.js';
 import { checkDescribedPageSize, checkReadable } from './readable.js';
-import { TempFile } from './sink.js';
+import { Coverage, TempFile, type OutputOptions } from './sink.js';
 
-export interface WriterOptions extends PlanOptions {
+export interface WriterOptions extends PlanOptions, OutputOptions {
   /** Device sections and description to put after the RAM (from a template); none: a RAM-only stream. */
   device?: DeviceState;
   /** Bytes before the stream (with streamOffset), e.g. a libvirt header; zeros when absent. */
@@ -54,6 +54,7 @@ export class SnapshotWriter {
   private failure: unknown;
   /** abort() was called by the user (not after a failure, nor after finalize). */
   private aborted = false;
+  private readonly coverage: Coverage;
 
   private constructor(
     readonly target: string,
@@ -64,6 +65,7 @@ export class SnapshotWriter {
     this.bitmaps = currentPlan.blocks.map((b) => new Uint8Array(b.bitmapSize));
     this.byName = new Map(currentPlan.blocks.map((b, i) => [b.name, i]));
     this.zeroPage = Buffer.alloc(currentPlan.pageSize);
+    this.coverage = new Coverage(currentPlan.blocks, opts.onProgress);
   }
 
   get plan(): LayoutPlan {
@@ -83,7 +85,7 @@ export class SnapshotWriter {
     if (opts.prefix && (opts.streamOffset ?? 0) !== opts.prefix.length) {
       throw new RamsnapUsageError('BAD_OFFSET', `prefix is ${opts.prefix.length} bytes but the stream offset is ${opts.streamOffset ?? 0}`, 'streamOffset');
     }
-    const w = new SnapshotWriter(target, TempFile.create(target, opts.force, opts.lock), plan, opts);
+    const w = new SnapshotWriter(target, TempFile.create(target, { force: opts.force, lock: opts.lock, mode: opts.mode }), plan, opts);
     try {
       if (opts.prefix) await w.sink.write(0, opts.prefix);
       await w.sink.write(plan.streamOffset, plan.head);
@@ -153,6 +155,7 @@ export class SnapshotWriter {
         this.startWriteback((p - start) * ps);
       }
     }
+    this.coverage.reached(blockName, (first + n) * ps);
   }
 
   private startWriteback(bytes: number): void {
@@ -179,6 +182,7 @@ export class SnapshotWriter {
     }
     this.checkOpen();
     setRange(this.bitmaps[this.byName.get(blockName) as number], first, count, false);
+    this.coverage.reached(blockName, (first + count) * this.plan.pageSize);
   }
 
   /**
@@ -224,6 +228,7 @@ export class SnapshotWriter {
       await this.sink.write(this.plan.tailOffset, tail);
       this.done = true;
       await this.sink.commit(this.plan.tailOffset + tail.length, this.opts.fsync ?? true);
+      this.coverage.finished();
     } catch (err) {
       await this.abort();
       throw err;

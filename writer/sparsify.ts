@@ -33,7 +33,7 @@ import type { FileSource } from '../reader/source.js';
 import { recoverJournal } from './journal.js';
 import { TargetLock, notice } from './lock.js';
 import { describeRecovery } from './patch.js';
-import { TempFile } from './sink.js';
+import { Coverage, TempFile } from './sink.js';
 
 export interface SparsifyOptions {
   /** File offset where the stream starts (as Snapshot.open). */
@@ -42,6 +42,8 @@ export interface SparsifyOptions {
   fsync?: boolean;
   /** Called with the temporary file's path once it exists (tests, progress). */
   onTemp?: (tempPath: string) => void;
+  /** Called now and then with the bytes of guest memory rewritten so far and their total. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface SparsifyResult {
@@ -130,7 +132,7 @@ async function rewrite(file: string, target: string, lock: TargetLock, o: Sparsi
     const copied = complement(rebuilt, m.fileSize);
     const tailStart = Math.max(0, ...rebuilt.map((r) => r.end));
 
-    temp = TempFile.create(target, true, lock);
+    temp = TempFile.create(target, { force: true, lock });
     o.onTemp?.(temp.path);
     // The new file keeps the original's permissions (a snapshot holds guest memory) and, when we may, its owner.
     fs.chmodSync(temp.path, before.mode & 0o7777);
@@ -157,14 +159,16 @@ async function rewrite(file: string, target: string, lock: TargetLock, o: Sparsi
     let pagesCleared = 0;
     let pagesKept = 0;
     const bitmaps: Uint8Array[] = [];
+    const coverage = new Coverage(blocks, o.onProgress);
     for (const b of blocks) {
-      const r = await copyPresentPages(snap, b, out, buf);
+      const r = await copyPresentPages(snap, b, out, buf, coverage);
       pagesCleared += r.cleared;
       pagesKept += r.kept;
       bitmaps.push(r.bitmap);
     }
     for (let i = 0; i < blocks.length; i++) await out.write(blocks[i].mappedRam!.bitmapOffset, bitmaps[i]);
     await copyData(copied.filter((r) => r.start >= tailStart));
+    coverage.finished();
 
     await temp.truncate(m.fileSize);
     // Synced whatever `fsync` says: only then does st_blocks count every block the copy takes.
@@ -201,7 +205,7 @@ async function rewrite(file: string, target: string, lock: TargetLock, o: Sparsi
  * new bitmap: a present page that holds only zeros loses its bit and is
  * not written.
  */
-async function copyPresentPages(snap: Snapshot, b: RamBlock, out: SparseWriter, buf: Buffer): Promise<{ bitmap: Uint8Array; cleared: number; kept: number }> {
+async function copyPresentPages(snap: Snapshot, b: RamBlock, out: SparseWriter, buf: Buffer, coverage: Coverage): Promise<{ bitmap: Uint8Array; cleared: number; kept: number }> {
   const ps = b.pageSize;
   const bitmap = Uint8Array.from(b.bitmap!);
   const runPages = Math.max(1, Math.floor(buf.length / ps));
@@ -222,6 +226,7 @@ async function copyPresentPages(snap: Snapshot, b: RamBlock, out: SparseWriter, 
     }
     // Zero pages are zero blocks too: the writer leaves them (and any other zero block) as holes.
     await out.write(run.fileOffset, data);
+    coverage.reached(b.name, (run.first + run.count) * ps);
   }
   return { bitmap, cleared, kept };
 }

@@ -2,7 +2,9 @@ import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { TARGET_NAMES } from '../../format/target.js';
 import { createSnapshot, parseRamImage } from '../../writer/create.js';
 import { bytes, printable } from '../human.js';
-import { parseSize } from '../options.js';
+import { withOffsetHint } from '../open.js';
+import { MODE_OPTION, parseMode, parseSize } from '../options.js';
+import { withProgress } from '../progress.js';
 
 interface CreateArgs {
   output: string;
@@ -13,6 +15,7 @@ interface CreateArgs {
   machine?: string;
   arch?: string;
   force?: boolean;
+  mode?: string;
   json?: boolean;
 }
 
@@ -28,7 +31,8 @@ export function builder(y: Argv): Argv<CreateArgs> {
     .option('page-size', { type: 'string', describe: "target page size without a template (default: the machine's, e.g. 4096 for x86 and virt, 8192 for sun4u)" })
     .option('machine', { type: 'string', describe: 'machine type as QEMU records it, e.g. pc-q35-10.0, virt-10.0, sun4u, pseries-10.0 (required without --template; must match the template)' })
     .option('arch', { type: 'string', describe: `QEMU target of a machine type whose name does not say it (${TARGET_NAMES.join(', ')}): decides the page size and target-page-bits` })
-    .option('force', { type: 'boolean', describe: 'replace an existing output file' })
+    .option('force', { type: 'boolean', describe: 'replace an existing output file (a symlink is replaced, never followed; a device, FIFO, socket or directory never is)' })
+    .option('mode', MODE_OPTION)
     .option('json', { type: 'boolean', describe: 'print JSON instead of text' })
     .example('$0 create -o vm.snap --template saved.snap --ram pc.ram=mem.raw', 'saved.snap with its guest RAM replaced by mem.raw')
     .example('$0 create -o ram.snap --machine pc-q35-10.0 --ram pc.ram=mem.raw', 'a RAM-only stream (QEMU keeps its own device state)')
@@ -39,14 +43,22 @@ export async function handler(args: ArgumentsCamelCase<CreateArgs>): Promise<voi
   // Flags are checked here as far as their text goes, the rest by createSnapshot before it opens anything (exit 2 for both).
   const pageSize = args['page-size'] === undefined ? undefined : parseSize(args['page-size'], 'page-size');
   const images = (args.ram ?? []).map((r) => parseRamImage(String(r)));
-  const r = await createSnapshot(args.output, {
-    images,
-    template: args.template,
-    templateOffset: args['template-offset'] === undefined ? undefined : parseSize(args['template-offset'], 'template-offset'),
-    pageSize,
-    machine: args.machine === undefined ? undefined : String(args.machine),
-    arch: args.arch === undefined ? undefined : String(args.arch),
-    force: args.force,
+  const mode = parseMode(args.mode);
+  const templateOffset = args['template-offset'] === undefined ? undefined : parseSize(args['template-offset'], 'template-offset');
+  const r = await withProgress('create', args.json, (onProgress) =>
+    createSnapshot(args.output, {
+      images,
+      template: args.template,
+      templateOffset,
+      pageSize,
+      machine: args.machine === undefined ? undefined : String(args.machine),
+      arch: args.arch === undefined ? undefined : String(args.arch),
+      force: args.force,
+      mode,
+      onProgress,
+    }),
+  ).catch((err: unknown) => {
+    throw args.template === undefined ? err : withOffsetHint(args.template, err, '--template-offset');
   });
   if (args.json) {
     process.stdout.write(JSON.stringify({ output: args.output, ...r }, null, 2) + '\n');

@@ -1,8 +1,8 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { qemuTailSettings, type SaveOptions, type Violation } from '../../vm/save-options.js';
-import { EXIT_INVALID } from '../exit.js';
+import { EXIT_INVALID, EXIT_USAGE } from '../exit.js';
 import { bytes, printable, table } from '../human.js';
-import { resolveSaveOptions, withSaveOptions, type SaveFlagArgs } from '../save-flags.js';
+import { flagFields, resolveSaveOptions, withSaveOptions, type SaveFlagArgs } from '../save-flags.js';
 
 interface OptionsArgs extends SaveFlagArgs {
   check?: string;
@@ -17,7 +17,7 @@ export function builder(y: Argv): Argv<OptionsArgs> {
     .option('check', { type: 'string', describe: 'config file (JSON) to validate; the save flags given here are merged over it' })
     .option('json', { type: 'boolean', describe: 'print JSON instead of text' })
     .example('$0 options', 'the defaults')
-    .example('$0 options --check save.json', 'every violation in save.json, one per line; exit 1 if any')
+    .example('$0 options --check save.json', 'every violation in save.json, one line each on stderr; exit 1 if any (2 if a flag is at fault)')
     .example('$0 options --cap multifd=on --multifd-channels 4', 'what save would use with these flags') as unknown as Argv<OptionsArgs>;
 }
 
@@ -28,15 +28,17 @@ export async function handler(args: ArgumentsCamelCase<OptionsArgs>): Promise<vo
     process.stdout.write(JSON.stringify(out, null, 2) + '\n');
   } else if (options) {
     process.stdout.write(describeOptions(options));
-  } else {
-    process.stdout.write(violations.map(violationLine).join(''));
   }
-  if (!options) process.exitCode = EXIT_INVALID;
+  if (options) return;
+  process.stderr.write(violations.map(violationLine).join(''));
+  // A value given as a flag is bad usage, as save says of it; the rest came from the config file.
+  const fromFlags = flagFields(args);
+  process.exitCode = violations.some((v) => fromFlags.has(v.field)) ? EXIT_USAGE : EXIT_INVALID;
 }
 
-/** One line per violation: `CODE field: message`. */
+/** One line per violation, as every ramsnap error: `ramsnap: CODE: field: message`. */
 export function violationLine(v: Violation): string {
-  return `${v.code} ${v.field}: ${printable(v.message)}\n`;
+  return `ramsnap: ${v.code}: ${printable(v.field)}: ${printable(v.message)}\n`;
 }
 
 function onOff(b: boolean): string {

@@ -2,7 +2,9 @@ import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { RamsnapUsageError } from '../../format/errors.js';
 import { describeRecovery, patchSnapshot, recoverPatch, type PatchData } from '../../writer/patch.js';
 import { hex, printable } from '../human.js';
+import { withOffsetHint } from '../open.js';
 import { parseSize } from '../options.js';
+import { withProgress } from '../progress.js';
 
 interface PatchArgs {
   file: string;
@@ -62,9 +64,12 @@ export async function handler(args: ArgumentsCamelCase<PatchArgs>): Promise<void
   }
   if (args.block === undefined) throw new RamsnapUsageError('USAGE', 'patch needs --block NAME (or --recover)', 'block');
   if (args.at === undefined) throw new RamsnapUsageError('USAGE', 'patch needs --at N (or --recover)', 'at');
+  const block = args.block;
   const data = patchData(args);
   const at = parseSize(args.at, 'at');
-  const r = await patchSnapshot(args.file, { block: args.block, at, data, offset });
+  const r = await withProgress('patch', args.json, (onProgress) => patchSnapshot(args.file, { block, at, data, offset, onProgress })).catch((err: unknown) => {
+    throw withOffsetHint(args.file, err);
+  });
   if (args.json) {
     process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     return;

@@ -29,6 +29,7 @@ const MAX_JSON_READ = 16 << 20;
 export async function handler(args: ArgumentsCamelCase<ReadArgs>): Promise<void> {
   const at = parseSize(args.at, 'at');
   const length = parseSize(args.length, 'length');
+  if (args.raw && args.json) throw new RamsnapUsageError('USAGE', '--raw and --json cannot go together: --raw writes the bytes themselves, --json a JSON object with them as hex', 'raw');
   if (args.raw && process.stdout.isTTY) {
     throw new RamsnapUsageError('RAW_TO_TERMINAL', 'refusing to write raw bytes to a terminal; redirect stdout or drop --raw', 'raw');
   }

@@ -5,6 +5,8 @@ import { loadPolicy } from '../../vm/policies.js';
 import type { PrecopyPolicy } from '../../vm/precopy.js';
 import { parallelWriters, qemuTailSettings, type SaveOptions } from '../../vm/save-options.js';
 import { bytes, printable } from '../human.js';
+import { interruptSignal } from '../interrupt.js';
+import { MODE_OPTION, parseMode } from '../options.js';
 import { saveOptionsFromArgv, withSaveOptions, type SaveFlagArgs } from '../save-flags.js';
 
 interface SaveArgs extends SaveFlagArgs {
@@ -13,6 +15,7 @@ interface SaveArgs extends SaveFlagArgs {
   output: string;
   then: string;
   force?: boolean;
+  mode?: string;
   json?: boolean;
   quiet?: boolean;
 }
@@ -31,7 +34,8 @@ export function builder(y: Argv): Argv<SaveArgs> {
       })
       .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'snapshot file to write' })
       .option('then', { type: 'string', default: 'resume', describe: 'what the guest does once saved: stop (stay paused), resume, quit (QEMU exits)' })
-      .option('force', { type: 'boolean', describe: 'replace an existing output file' })
+      .option('force', { type: 'boolean', describe: 'replace an existing output file (a symlink is replaced, never followed; a device, FIFO, socket or directory never is)' })
+      .option('mode', MODE_OPTION)
       .option('json', { type: 'boolean', describe: 'print the result as JSON' })
       .option('quiet', { alias: 'q', type: 'boolean', describe: 'no line per pass on stderr' })
       .example('$0 save --qmp /run/vm.qmp -o vm.snap', 'save with the downtime policy (the default), then let the guest run on')
@@ -75,13 +79,11 @@ export async function handler(args: ArgumentsCamelCase<SaveArgs>): Promise<void>
   const ram = parseRam(args.ram);
   const policy = await policyFromOptions(o);
   const tail = qemuTailSettings(o);
-  const ac = new AbortController();
-  const onSignal = (): void => ac.abort();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  let r: LiveSaveResult;
-  try {
-    r = await liveSave({
+  const mode = parseMode(args.mode);
+  // The first Ctrl-C or SIGTERM cancels the save cleanly (QEMU's migration cancelled, the guest resumed, nothing left
+  // at the target); a second one stops the process at once (analyze/interrupt.ts).
+  const signal = interruptSignal();
+  const r: LiveSaveResult = await liveSave({
       qmp: args.qmp,
       output: args.output,
       ram,
@@ -92,7 +94,8 @@ export async function handler(args: ArgumentsCamelCase<SaveArgs>): Promise<void>
       qemuCapabilities: Object.fromEntries(tail.capabilities.map((c) => [c.capability, c.state])),
       qemuParameters: { ...tail.parameters },
       force: args.force,
-      signal: ac.signal,
+      mode,
+      signal,
       onPass: args.quiet
         ? undefined
         : (s) =>
@@ -101,13 +104,9 @@ export async function handler(args: ArgumentsCamelCase<SaveArgs>): Promise<void>
                 `pending ${s.dirtyPages >= 0 ? '' : '~'}${bytes(s.pendingBytes)}\n`,
             ),
       log: args.quiet ? undefined : (line) => process.stderr.write(`${printable(line)}\n`),
-    });
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
+  });
   if (args.json) {
-    process.stdout.write(JSON.stringify({ ...r, precopy: { ...r.precopy } }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify(r, roundedNumbers, 2) + '\n');
     return;
   }
   const p = r.precopy;
@@ -116,4 +115,14 @@ export async function handler(args: ArgumentsCamelCase<SaveArgs>): Promise<void>
       `${bytes(p.pausedBytes)} of them with the guest paused; guest paused ${r.pauseMs.toFixed(0)} ms; ` +
       `QEMU's part ${bytes(r.qemuPartBytes)}; file ${bytes(r.fileSize)}; guest ${r.then === 'resume' ? 'resumed' : r.then === 'quit' ? 'quit' : 'left paused'}\n`,
   );
+}
+
+/**
+ * JSON.stringify replacer for the save result: times (keys ending in Ms)
+ * to 0.1 ms, other fractions (bandwidths in bytes per second) to whole
+ * numbers; what the clock and the division give beyond that is noise.
+ */
+export function roundedNumbers(key: string, value: unknown): unknown {
+  if (typeof value !== 'number' || Number.isInteger(value)) return value;
+  return key.endsWith('Ms') ? Math.round(value * 10) / 10 : Math.round(value);
 }

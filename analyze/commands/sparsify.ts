@@ -1,7 +1,9 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { sparsifySnapshot } from '../../writer/sparsify.js';
 import { bytes, printable } from '../human.js';
+import { withOffsetHint } from '../open.js';
 import { parseSize } from '../options.js';
+import { withProgress } from '../progress.js';
 
 interface SparsifyArgs {
   file: string;
@@ -22,7 +24,9 @@ export function builder(y: Argv): Argv<SparsifyArgs> {
 
 export async function handler(args: ArgumentsCamelCase<SparsifyArgs>): Promise<void> {
   const offset = args.offset === undefined ? undefined : parseSize(args.offset, 'offset');
-  const r = await sparsifySnapshot(args.file, { offset });
+  const r = await withProgress('sparsify', args.json, (onProgress) => sparsifySnapshot(args.file, { offset, onProgress })).catch((err: unknown) => {
+    throw withOffsetHint(args.file, err);
+  });
   if (args.json) {
     process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     return;

@@ -421,8 +421,10 @@ describe('config file and flags', () => {
     expect(flagsToInput(argv).input).toEqual({ capabilities: { multifd: 'on' } });
   });
 
-  it('a bare --cap NAME turns it on; a malformed one is a violation', () => {
-    expect(flagsToInput({ capability: ['multifd', 'x-ignore-shared=off'] }).input).toEqual({ capabilities: { multifd: true, 'x-ignore-shared': 'off' } });
+  it('a bare --cap NAME or a malformed one is a violation (issue 13.17: a bare NAME is not taken as on)', () => {
+    const bare = flagsToInput({ capability: ['multifd', 'x-ignore-shared=off'] });
+    expect(bare.input).toEqual({ capabilities: { 'x-ignore-shared': 'off' } });
+    expect(bare.violations).toEqual([v('OPTION_TYPE', 'capabilities', '--capability takes NAME=on|off, got "multifd" (say multifd=on or multifd=off)')]);
     expect(flagsToInput({ capability: ['=on'] }).violations).toEqual([v('OPTION_TYPE', 'capabilities', '--capability takes NAME=on|off, got "=on"')]);
     expect(resolveSaveOptions({ capability: ['multifd=maybe'] }).violations).toEqual([
       v('OPTION_TYPE', 'capabilities.multifd', 'multifd must be on or off (true or false), got "maybe"'),
@@ -528,17 +530,17 @@ describe('ramsnap options', () => {
     expect(j.qemuTail.parameters).toEqual({ 'downtime-limit': 300, 'max-bandwidth': 134217728, 'x-checkpoint-delay': 20000 });
   });
 
-  it('--check CONFIG: every violation, one line each (CODE field: message); exit 1', async () => {
+  it('--check CONFIG: every violation, one line each on stderr (ramsnap: CODE: field: message); exit 1', async () => {
     const p = path.join(tmp, 'check.json');
     fs.writeFileSync(p, JSON.stringify({ capabilities: { xbzrle: true, compress: true }, parameters: { 'multifd-channels': 300, 'direct-io': true } }));
     const r = await ramsnap('options', '--check', p);
     expect(r.code).toBe(1);
-    expect(r.stderr).toBe('');
-    expect(r.stdout.split('\n')).toEqual([
-      "OPTION_RANGE parameters.multifd-channels: Parameter 'multifd-channels' expects uint8_t",
-      `OPTION_REMOVED capabilities.compress: ${COMPRESS_MESSAGE}`,
-      'OPTION_CONFLICT capabilities.xbzrle: Mapped-ram migration is incompatible with xbzrle',
-      'OPTION_REQUIRES parameters.direct-io: direct-io needs mapped-ram and multifd (multifd off); QEMU would accept it and silently write without O_DIRECT',
+    expect(r.stdout).toBe('');
+    expect(r.stderr.split('\n')).toEqual([
+      "ramsnap: OPTION_RANGE: parameters.multifd-channels: Parameter 'multifd-channels' expects uint8_t",
+      `ramsnap: OPTION_REMOVED: capabilities.compress: ${COMPRESS_MESSAGE}`,
+      'ramsnap: OPTION_CONFLICT: capabilities.xbzrle: Mapped-ram migration is incompatible with xbzrle',
+      'ramsnap: OPTION_REQUIRES: parameters.direct-io: direct-io needs mapped-ram and multifd (multifd off); QEMU would accept it and silently write without O_DIRECT',
       '',
     ]);
     const j = await ramsnap('options', '--check', p, '--json');
@@ -553,13 +555,14 @@ describe('ramsnap options', () => {
     expect(ok.code, ok.stdout).toBe(0);
     expect(JSON.parse(ok.stdout).options.capabilities.multifd).toBe(true);
     expect(JSON.parse(ok.stdout).options.parameters['multifd-channels']).toBe(8);
+    // A flag at fault is bad usage (exit 2), as save says of it.
     const bad = await ramsnap('options', '--check', p, '--cap', 'mapped-ram=off');
-    expect(bad.code).toBe(1);
-    expect(bad.stdout).toBe(`OPTION_UNSUPPORTED capabilities.mapped-ram: ${MAPPED_RAM_MESSAGE}\nOPTION_REQUIRES capabilities.multifd: ${MULTIFD_FILE_MESSAGE}\n`);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toBe(`ramsnap: OPTION_UNSUPPORTED: capabilities.mapped-ram: ${MAPPED_RAM_MESSAGE}\nramsnap: OPTION_REQUIRES: capabilities.multifd: ${MULTIFD_FILE_MESSAGE}\n`);
     // With the file's multifd, --direct-io is where QEMU would use O_DIRECT: refused as save refuses it.
     const dio = await ramsnap('options', '--check', p, '--direct-io');
-    expect(dio.code).toBe(1);
-    expect(dio.stdout).toBe(`OPTION_UNSUPPORTED parameters.direct-io: ${DIRECT_IO_MESSAGE}\n`);
+    expect(dio.code).toBe(2);
+    expect(dio.stderr).toBe(`ramsnap: OPTION_UNSUPPORTED: parameters.direct-io: ${DIRECT_IO_MESSAGE}\n`);
   });
 
   it('a flag not given leaves the file alone (--direct-io is not false by default); --no-direct-io turns it off', async () => {
@@ -585,10 +588,10 @@ describe('ramsnap options', () => {
     fs.writeFileSync(p, 'capabilities: mapped-ram\n');
     const r = await ramsnap('options', '--check', p);
     expect(r.code).toBe(1);
-    expect(r.stdout).toMatch(/^OPTION_CONFIG \(config\): config file .*notjson\.json is not JSON: [^\n]*\n$/);
+    expect(r.stderr).toMatch(/^ramsnap: OPTION_CONFIG: \(config\): config file .*notjson\.json is not JSON: [^\n]*\n$/);
     const m = await ramsnap('options', '--check', 'nowhere.json');
     expect(m.code).toBe(1);
-    expect(m.stdout).toBe('OPTION_CONFIG (config): cannot read config file nowhere.json: no such file or directory\n');
+    expect(m.stderr).toBe('ramsnap: OPTION_CONFIG: (config): cannot read config file nowhere.json: no such file or directory\n');
   });
 
   it('an unknown flag is a usage error: one line, exit 2', async () => {

@@ -40,6 +40,7 @@ export async function walkStream(source: RandomAccessSource, opts: WalkOptions):
     devices: [],
     complete: false,
     warnings: [],
+    checked: [],
   };
   const w = new WalkState(source, model, opts);
   try {

@@ -11,6 +11,7 @@ import { FormatCode, RamsnapFormatError } from '../../format/errors.js';
 import { MAX_SECTION_HEADER, decodeCommand, decodeFileHeader, decodeFooter, decodeSectionStart } from '../../format/section.js';
 import type { SectionRecord } from '../model.js';
 import { deviceSection } from './devices.js';
+import { checkIterableVersion, iterableFormat } from './iterables.js';
 import { ramRecords } from './legacy-records.js';
 import { decidePageSize } from './page-size.js';
 import { ramSetup } from './ram-blocks.js';
@@ -19,6 +20,8 @@ import { finish, loadVmDescription } from './tail.js';
 
 /** Bytes of the configuration section: a machine name and a few capability names. */
 const MAX_CONFIGURATION = 64 * 1024;
+/** Type bytes that may start a top-level record (SPEC §3.2). */
+const TOP_LEVEL_TYPES: ReadonlySet<number> = new Set([Section.EOF, Section.START, Section.PART, Section.END, Section.FULL, Section.COMMAND]);
 
 export async function walkSections(w: WalkState): Promise<void> {
   const m = w.model;
@@ -26,6 +29,7 @@ export async function walkSections(w: WalkState): Promise<void> {
   let c = await r.cursor(8);
   m.version = decodeFileHeader(c).version;
   r.commit(c);
+  w.passed('header');
   await loadVmDescription(w);
 
   if ((await r.peekU8('section.type')) === Section.CONFIGURATION) {
@@ -46,6 +50,7 @@ export async function walkSections(w: WalkState): Promise<void> {
   } else {
     w.warn('NO_CONFIGURATION', 'stream has no configuration section (machine type unknown)', 'configuration', r.pos);
   }
+  w.passed('configuration');
   decidePageSize(w);
 
   for (;;) {
@@ -55,7 +60,7 @@ export async function walkSections(w: WalkState): Promise<void> {
       case Section.EOF:
         m.eofOffset = typeAt;
         w.endSegment(r.pos);
-        finish(w);
+        await finish(w);
         return;
       case Section.START:
       case Section.FULL:
@@ -73,6 +78,14 @@ export async function walkSections(w: WalkState): Promise<void> {
         break;
       }
       default:
+        if (type === Section.FOOTER && w.footers === false) {
+          throw new RamsnapFormatError(FormatCode.BAD_SECTION_FOOTER, 'section footer in a stream whose first section ended without one', {
+            field: 'section.footer',
+            offset: typeAt,
+            expected: 'no footers',
+            actual: '7e',
+          });
+        }
         throw new RamsnapFormatError(FormatCode.UNKNOWN_SECTION_TYPE, `unknown section type 0x${type.toString(16).padStart(2, '0')}`, {
           field: 'section.type',
           offset: typeAt,
@@ -131,6 +144,7 @@ async function startSection(w: WalkState, type: typeof Section.START | typeof Se
   };
   w.startedIds.add(h.sectionId);
   if (type === Section.START) w.openSections.set(h.sectionId, rec);
+  const iterable = type === Section.START ? iterableFormat(h.idstr) : undefined;
   if (type === Section.START && h.idstr === 'ram') {
     if (h.versionId !== 4) {
       throw new RamsnapFormatError(FormatCode.BAD_VERSION, 'unsupported RAM section version', {
@@ -142,7 +156,12 @@ async function startSection(w: WalkState, type: typeof Section.START | typeof Se
     }
     w.model.ramSectionId = h.sectionId;
     await ramSetup(w);
+    // The block list holds every block's header and bitmap: their rules have all been checked.
+    w.passed('ram-blocks', 'page-size', 'mapped-ram-header', 'bitmaps');
     await ramRecords(w);
+  } else if (iterable) {
+    checkIterableVersion(rec, iterable);
+    await iterable.body(w, rec);
   } else {
     await deviceSection(w, rec);
   }
@@ -162,16 +181,46 @@ async function partSection(w: WalkState, type: typeof Section.PART | typeof Sect
   }
   const rec: SectionRecord = { ...open, kind: type === Section.PART ? 'part' : 'end', offset: typeAt, end: 0 };
   if (type === Section.END) w.openSections.delete(id);
-  if (id === w.model.ramSectionId) await ramRecords(w);
-  else await deviceSection(w, rec);
+  const iterable = iterableFormat(open.name);
+  if (id === w.model.ramSectionId) {
+    await ramRecords(w);
+    if (type === Section.END) w.passed('page-records');
+  } else if (iterable) {
+    await iterable.body(w, rec);
+  } else {
+    await deviceSection(w, rec);
+  }
   await footer(w, rec);
 }
 
+/**
+ * The footer after a section body. Whether the stream has footers is
+ * QEMU's migration property send-section-footer, which the stream does not
+ * record: the end of the first section tells. A footer starts with 0x7e;
+ * any other byte that can start a record means the stream has none, and
+ * then no section may have one (the loader of such a stream reads the
+ * next record there). Anything else is a broken footer.
+ */
 async function footer(w: WalkState, rec: SectionRecord): Promise<void> {
-  const c = await w.r.cursor(5);
-  decodeFooter(c, rec.sectionId, rec.name);
-  w.r.commit(c);
-  rec.end = w.r.pos;
+  const r = w.r;
+  if (w.footers === undefined) {
+    const next = await r.peekU8(`section[${rec.name}].footer`);
+    w.model.sectionFooters = next === Section.FOOTER || !TOP_LEVEL_TYPES.has(next);
+    if (!w.footers) {
+      w.warn(
+        'NO_SECTION_FOOTERS',
+        'sections have no footers (saved with the migration property send-section-footer off); QEMU restores it only with that property off too',
+        `section[${rec.name}].footer`,
+        r.pos,
+      );
+    }
+  }
+  if (w.footers) {
+    const c = await r.cursor(5);
+    decodeFooter(c, rec.sectionId, rec.name);
+    r.commit(c);
+  }
+  rec.end = r.pos;
   w.model.sections.push(rec);
   w.checkCount(rec.offset);
 }

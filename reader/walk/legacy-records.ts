@@ -17,7 +17,8 @@ import type { WalkState } from './state.js';
 export const MAX_LEGACY_RUNS = 2_000_000;
 /** Bytes of stream parsed at a time for page records. */
 const RECORD_WINDOW = 1 << 20;
-const KNOWN_RECORD_FLAGS = RamFlag.ZERO | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE | RamFlag.MULTIFD_FLUSH | RamFlag.XBZRLE;
+/** COMPRESS_PAGE is known too: QEMU up to 9.0 wrote it (capability compress), and it is valid but not supported here. */
+const KNOWN_RECORD_FLAGS = RamFlag.ZERO | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE | RamFlag.MULTIFD_FLUSH | RamFlag.XBZRLE | RamFlag.COMPRESS_PAGE;
 /** Most bytes a legacy PAGE record adds before its page: be64 header, u8 length and a 255-byte name. */
 export const LEGACY_RECORD_OVERHEAD = 8 + 1 + 255;
 
@@ -83,7 +84,7 @@ function ramRecord(w: WalkState, c: ByteCursor): boolean {
     return false;
   }
   const kind = flags & ~RamFlag.CONTINUE;
-  if (kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE) {
+  if (kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE && kind !== RamFlag.COMPRESS_PAGE) {
     throw new RamsnapFormatError(FormatCode.BAD_RAM_FLAGS, 'RAM record has no page type', {
       field: 'ram.record.flags',
       offset: at,
@@ -143,8 +144,13 @@ function ramRecord(w: WalkState, c: ByteCursor): boolean {
   } else if (kind === RamFlag.PAGE) {
     index.add(page, c.pos);
     c.skip(m.pageSize, `ramblock[${block.name}].page[${page}]`);
-  } else {
+  } else if (kind === RamFlag.XBZRLE) {
     throw new RamsnapFormatError(FormatCode.UNSUPPORTED, 'XBZRLE-encoded pages are not supported', { field: 'ram.record.flags', offset: at });
+  } else {
+    throw new RamsnapFormatError(FormatCode.UNSUPPORTED, "compressed pages (QEMU 9.0's compress capability, removed in 9.1) are not supported", {
+      field: 'ram.record.flags',
+      offset: at,
+    });
   }
   w.legacyRuns += index.runCount - before;
   if (w.legacyRuns > MAX_LEGACY_RUNS) {

@@ -7,7 +7,7 @@
  */
 import { FormatCode, RamsnapFormatError } from '../../format/errors.js';
 import type { ValueBudget } from '../../format/vmstate.js';
-import type { RamBlock, SectionRecord, SnapshotModel } from '../model.js';
+import type { RamBlock, RuleGroup, SectionRecord, SnapshotModel } from '../model.js';
 import type { RandomAccessSource } from '../source.js';
 import { StreamReader } from '../stream-reader.js';
 
@@ -43,6 +43,12 @@ export class WalkState {
   segmentStart: number;
   /** True while reading the stream sequentially (a TRUNCATED then means incomplete). */
   sequential = true;
+  /** Where each device section's body lies (model.devices[i]): [start, end) before its footer. */
+  readonly deviceBodies: { start: number; end: number }[] = [];
+  /** The description was searched for in front of trailing bytes already (devices.ts). */
+  searchedBeforeTrailing = false;
+  /** Hash page table size (log2 bytes) from spapr/htab's first part, once known. */
+  htabShift: number | undefined;
 
   constructor(
     readonly source: RandomAccessSource,
@@ -55,6 +61,19 @@ export class WalkState {
 
   warn(code: string, message: string, field: string, offset: number): void {
     this.model.warnings.push({ code, message, field, offset });
+  }
+
+  /** Every rule of `group` has now been checked for the whole file. */
+  passed(...groups: RuleGroup[]): void {
+    for (const g of groups) if (!this.model.checked.includes(g)) this.model.checked.push(g);
+  }
+
+  /**
+   * Footers are on or off for the whole stream (QEMU's send-section-footer
+   * property); undefined until the first section has ended.
+   */
+  get footers(): boolean | undefined {
+    return this.model.sectionFooters;
   }
 
   checkCount(offset: number): void {

@@ -27,6 +27,8 @@ const DEVICE_WINDOW = 64 * 1024;
 const STEP_WINDOW = 64 * 1024;
 /** Bytes a candidate footer needs after it to be judged: the footer and the longest FULL header. */
 const STEP_LOOKAHEAD = 5 + 1 + 4 + 1 + 255 + 4 + 4;
+/** Errors that say a description does not fit the device sections. */
+const MISMATCH: ReadonlySet<string> = new Set([FormatCode.UNDESCRIBED_SECTION, FormatCode.DEVICE_STATE_MISMATCH]);
 
 export async function deviceSection(w: WalkState, rec: SectionRecord): Promise<void> {
   const m = w.model;
@@ -44,10 +46,27 @@ export async function deviceSection(w: WalkState, rec: SectionRecord): Promise<v
   }
   const start = w.r.pos;
   if (m.vmdesc) {
-    const value = await decodeSection(w, rec, m.vmdesc.desc);
-    m.devices.push({ section: rec, checked: true, value });
-  } else if (w.footers) {
-    await stepToFooter(w, rec);
+    try {
+      const value = await decodeSection(w, rec, m.vmdesc.desc);
+      m.devices.push({ section: rec, checked: true, value });
+      w.deviceBodies.push({ start, end: w.r.pos });
+      return;
+    } catch (err) {
+      // The description at the end of the file may be bytes after the stream that only look like one
+      // (an older save's, on a reused device). With footers the walk can go on without it and use the
+      // one right after EOF; without, or if there is none there, this error stands.
+      if (!(err instanceof RamsnapFormatError) || !w.footers || !MISMATCH.has(err.code)) throw err;
+      w.rejectedVmdesc = { offset: m.vmdesc.offset, error: err };
+      m.vmdesc = undefined;
+      w.r.pos = start;
+    }
+  }
+  if (w.footers) {
+    try {
+      await stepToFooter(w, rec);
+    } catch (err) {
+      throw w.rejectedVmdesc?.error ?? err;
+    }
     m.devices.push({ section: rec, checked: false });
   } else {
     throw new RamsnapFormatError(FormatCode.UNDESCRIBED_SECTION, `section ${rec.name} cannot be parsed: the file has no device description and its sections no footers`, {

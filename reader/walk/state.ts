@@ -47,6 +47,12 @@ export class WalkState {
   readonly deviceBodies: { start: number; end: number }[] = [];
   /** The description was searched for in front of trailing bytes already (devices.ts). */
   searchedBeforeTrailing = false;
+  /**
+   * The description found at the end of the file did not describe a device
+   * section, so the sections were stepped over from there: the error, to
+   * be raised if no other description turns up right after EOF.
+   */
+  rejectedVmdesc: { offset: number; error: RamsnapFormatError } | undefined;
   /** Hash page table size (log2 bytes) from spapr/htab's first part, once known. */
   htabShift: number | undefined;
 

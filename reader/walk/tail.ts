@@ -133,6 +133,8 @@ async function afterEof(w: WalkState): Promise<void> {
   let end = at;
   const here = at < size && (await w.source.read(at, 1, 'vmdescription'))[0] === Section.VMDESCRIPTION;
   if (here) {
+    // The description that did not fit a device section is the one QEMU put here: its error stands.
+    if (w.rejectedVmdesc?.offset === at) throw w.rejectedVmdesc.error;
     const desc = m.vmdesc?.offset === at ? m.vmdesc : await descriptionAt(w, at);
     if (desc !== m.vmdesc) {
       // Found only now (bytes follow it): check every device section with it.
@@ -141,6 +143,8 @@ async function afterEof(w: WalkState): Promise<void> {
       await decodeDevicesAgain(w, desc.desc);
     }
     end = at + 5 + desc.length;
+  } else if (w.rejectedVmdesc) {
+    throw w.rejectedVmdesc.error;
   } else if (m.vmdesc) {
     throw new RamsnapFormatError(FormatCode.TRAILING_DATA, 'bytes between EOF and the device description', {
       field: 'vmdescription',

@@ -43,6 +43,15 @@ async function verifyJson(file: string): Promise<{ exit: number; json: VerifyJso
   return { exit: r.exit, json: JSON.parse(r.stdout) as VerifyJson };
 }
 
+/** verify --json of a file that must verify, with exactly these warnings. */
+async function expectVerifies(file: string, warnings: string[]): Promise<VerifyJson> {
+  const { exit, json } = await verifyJson(file);
+  expect(exit).toBe(0);
+  expect(json.ok).toBe(true);
+  expect(json.warnings.map((w) => w.code)).toEqual(warnings);
+  return json;
+}
+
 function statusOf(j: VerifyJson): Record<string, string> {
   return Object.fromEntries(j.checks.map((c) => [c.id, c.status]));
 }
@@ -117,10 +126,7 @@ function withoutRamEnd(f: SynthFile): Uint8Array {
 describe('13.6 background snapshots', () => {
   it('13.6 background snapshot without a RAM END record verifies (NO_SECTION_END) and extracts what pmemsave shows', async () => {
     const { snap, pmem, entry } = await fixtureFiles('q35-background-snapshot');
-    const { exit, json } = await verifyJson(snap);
-    expect(exit).toBe(0);
-    expect(json.ok).toBe(true);
-    expect(json.warnings.map((w) => w.code)).toEqual(['NO_SECTION_END']);
+    const json = await expectVerifies(snap, ['NO_SECTION_END']);
     expect(Object.values(statusOf(json)).every((s) => s === 'pass')).toBe(true);
     const s = await Snapshot.open(snap);
     try {
@@ -164,10 +170,7 @@ function undescribed(body: Uint8Array): Uint8Array {
 describe('13.7 suppress-vmdesc=on', () => {
   it('13.7 suppress-vmdesc=on: verifies, says the device sections were not checked, and extracts what pmemsave shows', async () => {
     const { snap, pmem, entry } = await fixtureFiles('q35-suppress-vmdesc');
-    const { exit, json } = await verifyJson(snap);
-    expect(exit).toBe(0);
-    expect(json.ok).toBe(true);
-    expect(json.warnings.map((w) => w.code)).toEqual(['DEVICE_STATE_UNCHECKED']);
+    const json = await expectVerifies(snap, ['DEVICE_STATE_UNCHECKED']);
     const st = statusOf(json);
     expect(st['device-state']).toBe('unchecked');
     expect(Object.entries(st).filter(([id]) => id !== 'device-state').every(([, s]) => s === 'pass')).toBe(true);
@@ -234,10 +237,7 @@ describe('13.7 suppress-vmdesc=on', () => {
 describe('13.8 send-section-footer=off', () => {
   it('13.8 send-section-footer=off: verifies (NO_SECTION_FOOTERS) and extracts what pmemsave shows', async () => {
     const { snap, pmem, entry } = await fixtureFiles('q35-no-section-footer');
-    const { exit, json } = await verifyJson(snap);
-    expect(exit).toBe(0);
-    expect(json.ok).toBe(true);
-    expect(json.warnings.map((w) => w.code)).toEqual(['NO_SECTION_FOOTERS']);
+    await expectVerifies(snap, ['NO_SECTION_FOOTERS']);
     const s = await Snapshot.open(snap);
     try {
       expect(s.model.sectionFooters).toBe(false);
@@ -275,10 +275,7 @@ describe('13.8 send-section-footer=off', () => {
 describe('13.9 iterable sections of their own format', () => {
   it('13.9 pseries: spapr/htab is read; the file verifies and extracts what pmemsave shows', async () => {
     const { snap, pmem, entry } = await fixtureFiles('ppc64-pseries-mapped-ram');
-    const { exit, json } = await verifyJson(snap);
-    expect(exit).toBe(0);
-    expect(json.ok).toBe(true);
-    expect(json.warnings).toEqual([]);
+    await expectVerifies(snap, []);
     const s = await Snapshot.open(snap);
     try {
       const htabParts = s.model.sections.filter((x) => x.name === 'spapr/htab').map((x) => x.kind);
@@ -349,10 +346,7 @@ const TRAILING = new TextEncoder().encode('TRAILING\n');
 describe('13.10 bytes after the description', () => {
   it('13.10 bytes after the description: TRAILING_DATA warning with the count, verify OK, extract equals pmemsave', async () => {
     const { file, entry, pmem } = await copyWith('q35-mapped-ram', TRAILING);
-    const { exit, json } = await verifyJson(file);
-    expect(exit).toBe(0);
-    expect(json.ok).toBe(true);
-    expect(json.warnings.map((w) => w.code)).toEqual(['TRAILING_DATA']);
+    const json = await expectVerifies(file, ['TRAILING_DATA']);
     expect(json.warnings[0].message).toMatch(/^9 bytes after the device description/);
     expect(Object.values(statusOf(json)).every((s) => s === 'pass')).toBe(true);
     const s = await Snapshot.open(file);
@@ -518,11 +512,17 @@ async function restoredPmem(entry: CatalogEntry, file: string, name: string): Pr
   }
 }
 
+/** A committed fixture as it is. */
+async function committed(name: string): Promise<{ file: string; entry: CatalogEntry }> {
+  const { snap, entry } = await fixtureFiles(name);
+  return { file: snap, entry };
+}
+
 const RESTORED: [string, string, () => Promise<{ file: string; entry: CatalogEntry }>][] = [
-  ['13.6', 'q35-background-snapshot', async () => ({ file: (await fixtureFiles('q35-background-snapshot')).snap, entry: (await fixtureFiles('q35-background-snapshot')).entry })],
-  ['13.7', 'q35-suppress-vmdesc', async () => ({ file: (await fixtureFiles('q35-suppress-vmdesc')).snap, entry: (await fixtureFiles('q35-suppress-vmdesc')).entry })],
-  ['13.8', 'q35-no-section-footer', async () => ({ file: (await fixtureFiles('q35-no-section-footer')).snap, entry: (await fixtureFiles('q35-no-section-footer')).entry })],
-  ['13.9', 'ppc64-pseries-mapped-ram', async () => ({ file: (await fixtureFiles('ppc64-pseries-mapped-ram')).snap, entry: (await fixtureFiles('ppc64-pseries-mapped-ram')).entry })],
+  ['13.6', 'q35-background-snapshot', () => committed('q35-background-snapshot')],
+  ['13.7', 'q35-suppress-vmdesc', () => committed('q35-suppress-vmdesc')],
+  ['13.8', 'q35-no-section-footer', () => committed('q35-no-section-footer')],
+  ['13.9', 'ppc64-pseries-mapped-ram', () => committed('ppc64-pseries-mapped-ram')],
   // The x86 fixtures with a description were saved under KVM (a kvmclock section TCG cannot load): aarch64 virt's was not.
   ['13.10', 'aarch64-virt-mapped-ram', async () => copyWith('aarch64-virt-mapped-ram', TRAILING)],
 ];

@@ -1,10 +1,13 @@
 /**
  * Builds the `dump --state` document: sections in stream order, keyed
  * "name (section_id)" as analyze-migration.py keys them; the RAM section
- * lists its blocks' sizes, devices their decoded fields.
+ * lists its blocks' sizes, devices their decoded fields, and the iterable
+ * sections with formats of their own (spapr/htab, s390 storage
+ * attributes) an empty string, as the script shows them.
  */
 import type { SnapshotModel } from '../reader/model.js';
 import type { StateMap, StateValue } from '../format/vmstate.js';
+import { iterableFormat } from '../reader/walk/iterables.js';
 
 export function stateDocument(model: SnapshotModel): StateMap {
   const doc: StateMap = new Map();
@@ -19,7 +22,7 @@ export function stateDocument(model: SnapshotModel): StateMap {
       doc.set(key, new Map([['section sizes', sizes]]));
     } else {
       const d = devices.get(s.sectionId);
-      doc.set(key, (d?.value as StateValue | undefined) ?? new Map());
+      doc.set(key, (d?.value as StateValue | undefined) ?? (iterableFormat(s.name) ? '' : new Map()));
     }
   }
   return doc;

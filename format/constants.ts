@@ -87,7 +87,11 @@ export const RamFlag = {
   XBZRLE: 0x40,
   /** Obsolete RDMA hook. */
   HOOK: 0x80,
-  /** Obsolete compressed page (removed in QEMU 9.1). */
+  /**
+   * Compressed page: be32 length + zlib data follow. Written by QEMU up to
+   * 9.0 with the compress capability (removed in 9.1, whose loader refuses
+   * it); a valid record that ramsnap does not decode.
+   */
   COMPRESS_PAGE: 0x100,
   /** Multifd sync point; carries no data. */
   MULTIFD_FLUSH: 0x200,

@@ -35,6 +35,10 @@ export const FormatCode = {
   BAD_DEVICE_DESCRIPTION: 'BAD_DEVICE_DESCRIPTION',
   DEVICE_STATE_MISMATCH: 'DEVICE_STATE_MISMATCH',
   UNDESCRIBED_SECTION: 'UNDESCRIBED_SECTION',
+  /** spapr/htab (pseries hash page table) breaks its own format (format/iterables.ts). */
+  BAD_HTAB: 'BAD_HTAB',
+  /** s390-storage_attributes breaks its own format, or its sender marked it failed. */
+  BAD_STORAGE_ATTRIBUTES: 'BAD_STORAGE_ATTRIBUTES',
   INCOMPLETE: 'INCOMPLETE',
   TRAILING_DATA: 'TRAILING_DATA',
   BAD_LIBVIRT_HEADER: 'BAD_LIBVIRT_HEADER',

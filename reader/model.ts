@@ -57,9 +57,36 @@ export interface CommandRecord {
 
 export interface DeviceState {
   section: SectionRecord;
+  /**
+   * True when the fields were decoded with the device description; false
+   * when the file has none and the section was stepped over by its footer
+   * (its contents unchecked).
+   */
+  checked: boolean;
   /** Decoded fields, when the open asked for them. */
   value?: unknown;
 }
+
+/**
+ * The groups of validation rules (SPEC.md §10) as `verify` reports them.
+ * The walk records a group once every rule of it has been checked for the
+ * whole file, so a failure later on does not hide what passed before it.
+ */
+export const RULE_GROUPS = [
+  'header',
+  'configuration',
+  'sections',
+  'ram-blocks',
+  'page-records',
+  'mapped-ram-header',
+  'page-size',
+  'bitmaps',
+  'page-regions',
+  'device-state',
+  'end-of-stream',
+  'limits',
+] as const;
+export type RuleGroup = (typeof RULE_GROUPS)[number];
 
 export interface Finding {
   code: string;
@@ -86,8 +113,16 @@ export interface SnapshotModel {
   sections: SectionRecord[];
   commands: CommandRecord[];
   devices: DeviceState[];
+  /**
+   * Whether sections end with a footer (0x7e + id). QEMU's migration
+   * property send-section-footer decides it and the stream does not say
+   * it: the walk learns it at the end of the first section.
+   */
+  sectionFooters?: boolean;
   /** File offset of the EOF byte, when reached. */
   eofOffset?: number;
+  /** Bytes after EOF (and after the description, if any) that QEMU's loader never reads. */
+  trailingBytes?: number;
   vmdesc?: { offset: number; length: number; desc: VmDescription };
   /** Every structural rule held and the stream reached its end. */
   complete: boolean;
@@ -95,4 +130,6 @@ export interface SnapshotModel {
   error?: RamsnapFormatError;
   /** Oddities a real QEMU can produce: reported, never fatal. */
   warnings: Finding[];
+  /** Rule groups checked over the whole file (all of them but those a failure or a missing description left unchecked). */
+  checked: RuleGroup[];
 }

@@ -77,7 +77,9 @@ describe('convert on the QEMU fixtures', () => {
       const back = await Snapshot.open(b);
       try {
         expect(conv.model.mappedRam).toBe(to === 'mapped-ram');
-        expect(conv.model.warnings.map((w) => w.code)).toEqual([]);
+        // What the source's stream is and a conversion keeps: no footers, no description.
+        const kept = (s: Snapshot): string[] => s.model.warnings.map((w) => w.code).filter((c) => c === 'NO_SECTION_FOOTERS' || c === 'DEVICE_STATE_UNCHECKED');
+        expect(conv.model.warnings.map((w) => w.code)).toEqual(kept(orig));
         expect(conv.model.configuration?.machine).toBe(orig.model.configuration?.machine);
         expect(conv.model.configuration?.targetPageBits).toBe(orig.model.configuration?.targetPageBits);
         expect(conv.model.ramSectionId).toBe(orig.model.ramSectionId);
@@ -91,7 +93,7 @@ describe('convert on the QEMU fixtures', () => {
       } finally {
         await Promise.all([orig.close(), conv.close(), back.close()]);
       }
-      if (entry.streamOffset === 0) {
+      if (entry.streamOffset === 0 && entry.vmdesc !== false) {
         // Converting back restores the original description byte for byte (the configuration entry is rewritten twice).
         expect(vmdescText(b)).toBe(vmdescText(snap));
       }

@@ -23,6 +23,7 @@ import { FILE_HEADER_SIZE } from '../format/section.js';
 import { LIBVIRT_HEADER_SIZE, encodeLibvirtHeader } from '../format/libvirt.js';
 import { MAX_BITMAP_MEMORY } from '../reader/walk.js';
 import { DEVICE_DESC, pageBytes, synthesize, type SynthFile } from './helpers/synth.js';
+import { be64, htab, iterableSection, startHeaderLength, stattr, withSectionsBeforeDevices } from './helpers/iterables.js';
 
 const PS = 4096;
 
@@ -533,7 +534,7 @@ add('BAD_RAM_FLAGS', 'legacy record with the obsolete HOOK flag', () => {
   const at = where(f).firstRecord;
   return { src: damage(f).be64(at, PS | RamFlag.PAGE | RamFlag.HOOK), field: 'ram.record.flags', offset: at };
 });
-add('BAD_RAM_FLAGS', 'legacy record with the obsolete COMPRESS_PAGE flag', () => {
+add('UNSUPPORTED', "legacy record with QEMU 9.0's COMPRESS_PAGE flag (valid, not supported)", () => {
   const f = legacy();
   const at = where(f).firstRecord;
   return { src: damage(f).be64(at, PS | RamFlag.COMPRESS_PAGE), field: 'ram.record.flags', offset: at };
@@ -638,6 +639,18 @@ add('DEVICE_STATE_MISMATCH', 'described fields run into the description', () => 
   const dev = { ...TIMER, fields: [{ name: 'blob', type: 'buffer', size: 1000 }] };
   return { src: withDescription(f, { page_size: PS, devices: [dev] }), field: 'timer.blob', offset: where(f).deviceBody };
 });
+// --- iterable sections with formats of their own (ppc64 pseries, s390x)
+add('BAD_HTAB', 'spapr/htab chunk past the end of a 256 KiB hash page table', () => {
+  const body = htab.chunks([[16380, [new Uint8Array(16), new Uint8Array(16)], 3]]);
+  const { bytes, at } = withSectionsBeforeDevices(legacy(), iterableSection(7, 'spapr/htab', 1, [htab.size(18), body]));
+  const chunk = at + startHeaderLength('spapr/htab') + 4 + FOOTER + PART_HEADER + 4;
+  return { src: new Damaged(new BufferSource(bytes)), field: 'spapr/htab.chunk.index', offset: chunk };
+});
+add('BAD_STORAGE_ATTRIBUTES', 's390 storage attributes marked failed by the sender (ERROR flag)', () => {
+  const { bytes, at } = withSectionsBeforeDevices(legacy(), iterableSection(7, 's390-storage_attributes', 0, [stattr.eos(), be64(0x04)]));
+  const record = at + startHeaderLength('s390-storage_attributes') + 8 + FOOTER + PART_HEADER;
+  return { src: new Damaged(new BufferSource(bytes)), field: 's390-storage_attributes.record', offset: record };
+});
 add('UNDESCRIBED_SECTION', 'device section name not in the description', () => {
   const f = mapped();
   const dev = f.layout.deviceSectionOffset as number;
@@ -648,9 +661,9 @@ add('UNDESCRIBED_SECTION', 'device instance id not in the description', () => {
   const dev = f.layout.deviceSectionOffset as number;
   return { src: damage(f).be32(dev + 6 + 'timer'.length, 1), field: 'section[timer]', offset: dev };
 });
-add('UNDESCRIBED_SECTION', 'description cut off (file ends at EOF)', () => {
+add('UNDESCRIBED_SECTION', 'no description, and bytes after EOF that are not one (the last device section cannot be stepped over)', () => {
   const f = legacy();
-  return { src: damage(f).resize(f.layout.eofOffset + 1), field: 'section[timer]', offset: f.layout.deviceSectionOffset as number };
+  return { src: damage(f).resize(f.layout.eofOffset + 4).ascii(f.layout.eofOffset + 1, 'xyz'), field: 'section[timer]', offset: f.layout.deviceSectionOffset as number };
 });
 
 // --- end of stream
@@ -689,10 +702,6 @@ add('INCOMPLETE', 'RAM section never ended (its END became a PART)', () => {
   return { src: damage(f).u8(where(f).command + COMMAND_HEADER, Section.PART), field: 'section[ram]', offset: f.layout.ramSectionOffset };
 });
 add('INCOMPLETE', 'libvirt header still says LibvirtQemudPart', () => ({ src: libvirtImage({ partial: true }).d, field: 'libvirt.magic', offset: 0 }));
-add('TRAILING_DATA', 'bytes after EOF in a RAM-only stream', () => {
-  const f = mapped({ devices: false });
-  return { src: damage(f).resize(f.size + 3).ascii(f.size, 'xyz'), field: 'vmdescription', offset: f.layout.eofOffset + 1 };
-});
 add('TRAILING_DATA', 'bytes between EOF and the description', () => {
   const f = legacy();
   const bytes = f.bytes();
@@ -848,7 +857,12 @@ describe('truncation at any offset', () => {
         fc.asyncProperty(cut, async (at) => {
           const src = base().resize(at);
           const r = await openOutcome(src);
-          if (r.ok) throw new Error(`a file cut at ${at} of ${f.size} opened`);
+          if (r.ok) {
+            // Cut right after EOF, a stream with footers is what suppress-vmdesc=on writes: it opens, its device state unchecked.
+            const unchecked = r.snap.model.warnings.some((x) => x.code === 'DEVICE_STATE_UNCHECKED');
+            if (at === f.layout.eofOffset + 1 && unchecked) return;
+            throw new Error(`a file cut at ${at} of ${f.size} opened`);
+          }
           if (knownBug(r.err, at)) return;
           if (!ok.has(r.err.code)) throw new Error(`cut at ${at}: ${r.err.code} is not an allowed code (${r.err.message})`);
           expect(r.err.offset).toBeLessThanOrEqual(at);

@@ -235,7 +235,7 @@ export class LegacyWriter {
 }
 
 /** Everything before the first page record: header, configuration, RAM START with the block list, and the PART that holds the records. */
-export function encodeLegacyHead(o: Pick<LegacyWriterOptions, 'blocks' | 'configuration' | 'ramSectionId'>): Uint8Array {
+export function encodeLegacyHead(o: Pick<LegacyWriterOptions, 'blocks' | 'configuration' | 'ramSectionId' | 'device'>): Uint8Array {
   const ramSectionId = o.ramSectionId ?? 1;
   const total = o.blocks.reduce((n, b) => n + b.usedLength, 0);
   const parts: Uint8Array[] = [
@@ -248,6 +248,6 @@ export function encodeLegacyHead(o: Pick<LegacyWriterOptions, 'blocks' | 'config
     const name = latin1Bytes(b.name);
     parts.push(Uint8Array.of(name.length), name, be64(b.usedLength));
   }
-  parts.push(encodeRamSetupEnd(ramSectionId));
+  parts.push(encodeRamSetupEnd(ramSectionId, o.device));
   return concat(parts);
 }

@@ -10,14 +10,18 @@ import type { Snapshot } from '../reader/snapshot.js';
 export async function deviceStateOf(snap: Snapshot): Promise<DeviceState> {
   const m = snap.model;
   const parts: Uint8Array[] = [];
-  // Device sections are FULL sections; their bytes (header to footer) are copied as they are.
-  for (const d of m.devices) {
-    parts.push(await snap.source.read(d.section.offset, d.section.end - d.section.offset, `section[${d.section.name}]`));
+  // Every section but RAM's, header to footer, as it is: the iterable ones (spapr/htab's START, PARTs
+  // and END, in their order; QEMU's loader takes them after the RAM END too), then the FULL device sections.
+  const others = m.sections.filter((s) => s.sectionId !== m.ramSectionId);
+  for (const s of [...others.filter((s) => s.kind !== 'full'), ...others.filter((s) => s.kind === 'full')]) {
+    parts.push(await snap.source.read(s.offset, s.end - s.offset, `section[${s.name}]`));
   }
   const vmdesc = m.vmdesc ? await snap.source.read(m.vmdesc.offset + 5, m.vmdesc.length, 'vmdescription') : undefined;
   return {
     sections: concat(parts),
     vmdesc,
+    // A stream without footers stays so: the copied sections have none.
+    sectionFooters: m.sectionFooters !== false,
     switchoverStart: m.commands.some((c) => c.command === MigCommand.SWITCHOVER_START),
   };
 }

@@ -29,7 +29,10 @@ export async function handler(args: ArgumentsCamelCase<DumpArgs>): Promise<void>
   try {
     const m = snap.model;
     if (args.desc && !m.vmdesc) {
-      throw new RamsnapUsageError('NO_DEVICE_DESCRIPTION', 'this file has no device description (a RAM-only stream, or an old machine type)', 'desc');
+      throw new RamsnapUsageError('NO_DEVICE_DESCRIPTION', 'this file has no device description (a RAM-only stream, or saved with suppress-vmdesc=on)', 'desc');
+    }
+    if (args.state && m.devices.some((d) => !d.checked)) {
+      throw new RamsnapUsageError('NO_DEVICE_DESCRIPTION', 'the device sections cannot be decoded: this file has no device description (saved with suppress-vmdesc=on)', 'state');
     }
     // Written a chunk at a time: a document of millions of values (or a 64 MiB buffer as hex) is not made one string.
     // Everything dump prints was read by the open: check before printing any of it.

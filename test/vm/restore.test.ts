@@ -1,0 +1,227 @@
+/**
+ * ramsnap restore against real QEMU 10: the snapshot's RAM mapped from the
+ * file (copy-on-write) plus a small stream, and QEMU's own restore with
+ * --copy. Memory is compared with the source's pmemsave; the snapshot file
+ * must be byte for byte unchanged afterwards. Skipped without QEMU 10.
+ */
+import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Qemu, kvmAvailable, qemuAvailable, sleep } from '../../fixtures/qemu.js';
+import { Snapshot } from '../../reader/snapshot.js';
+import { pageBytes } from '../helpers/synth.js';
+
+const run = promisify(execFile);
+const BIN = path.resolve('dist/analyze/bin.js');
+const MiB = 1 << 20;
+const MEM = 16 * MiB;
+const PS = 4096;
+const ACCEL = ['-accel', kvmAvailable() ? 'kvm' : 'tcg', '-cpu', 'qemu64,kvmclock=off', '-smp', '1'];
+/** On a guest that never ran, pmemsave shows the BIOS ROM here, not pc.ram (qemu-facts). */
+const BIOS_WINDOW: [number, number] = [0xe0000, 0x100000];
+const BLOB_AT = 0x200000;
+
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await run(process.execPath, [BIN, ...args]);
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: e.code ?? -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
+  }
+}
+
+function sha(file: string): string {
+  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
+/** Page offsets of [0, size) where a and b differ, outside `skip`. */
+function differingPages(a: Buffer, b: Buffer, size: number, skip?: [number, number]): number[] {
+  const bad: number[] = [];
+  for (let at = 0; at < size; at += PS) {
+    if (skip && at >= skip[0] && at < skip[1]) continue;
+    if (!a.subarray(at, at + PS).equals(b.subarray(at, at + PS))) bad.push(at);
+  }
+  return bad;
+}
+
+describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-restore-'));
+  const started: Qemu[] = [];
+  /** Second QMP monitor of each QEMU, for the CLI (a QMP socket takes one client at a time). */
+  const cliSocket = new Map<Qemu, string>();
+  const start = async (args: string[], incoming = false): Promise<Qemu> => {
+    const sock = path.join(work, `cli-${started.length}.sock`);
+    const q = await Qemu.start({ binary: 'qemu-system-x86_64', dir: work, args: [...ACCEL, '-qmp', `unix:${sock},server=on,wait=off`, ...args], incoming });
+    started.push(q);
+    cliSocket.set(q, sock);
+    return q;
+  };
+  const dstSocket = (q: Qemu): string => cliSocket.get(q) as string;
+  afterAll(async () => {
+    for (const q of started) await q.kill();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  /** Saves a guest with known bytes; `runMs` > 0 lets it boot first. Returns the snapshot and the source's pmemsave. */
+  const save = async (name: string, machine: string, runMs: number, extra: string[] = []): Promise<{ snap: string; pmem: string }> => {
+    const blob = path.join(work, `${name}.blob`);
+    fs.writeFileSync(blob, Buffer.concat([0, 1, 2].map((i) => Buffer.from(pageBytes(PS, 0x5e57 + i)))));
+    const snap = path.join(work, `${name}.snap`);
+    const src = await start(['-machine', machine, '-m', `${MEM / MiB}M`, '-device', `loader,file=${blob},addr=0x${BLOB_AT.toString(16)},force-raw=on`, ...extra]);
+    if (runMs > 0) {
+      await src.cmd('cont');
+      await sleep(runMs);
+      await src.cmd('stop');
+    }
+    await src.setCapabilities({ 'mapped-ram': true });
+    await src.cmd('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
+    await src.cmd('migrate', { uri: `file:${snap}` });
+    await src.waitMigration(60_000);
+    const pmem = path.join(work, `${name}.src.pmem`);
+    await src.pmemsave(pmem, MEM);
+    await src.quit();
+    return { snap, pmem };
+  };
+
+  const qemuArgs = async (snap: string): Promise<string[]> => {
+    const r = await cli(['restore', snap, '--print-qemu-args', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    return (JSON.parse(r.stdout) as { args: string[] }).args;
+  };
+
+  let booted: { snap: string; pmem: string };
+  beforeAll(async () => {
+    booted = await save('booted', 'q35', 400);
+  }, 120_000);
+
+  it('prints the arguments that map pc.ram at its page region, privately and read-only', async () => {
+    const s = await Snapshot.open(booted.snap);
+    const pagesOffset = s.block('pc.ram').mappedRam!.pagesOffset;
+    await s.close();
+    const text = await cli(['restore', booted.snap, '--print-qemu-args']);
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout.trim()).toBe(
+      `-machine pc-q35-10.0,memory-backend=pc.ram -m 16M -object memory-backend-file,id=pc.ram,size=${MEM},mem-path=${booted.snap},offset=${pagesOffset},share=off,readonly=on,rom=off`,
+    );
+    const json = JSON.parse((await cli(['restore', booted.snap, '--print-qemu-args', '--json'])).stdout);
+    expect(json).toMatchObject({ block: 'pc.ram', found: 'machine RAM', pagesOffset });
+  });
+
+  it('q35, booted: memory equals the source, the guest runs on, the file is unchanged', { timeout: 120_000 }, async () => {
+    const before = sha(booted.snap);
+    const dst = await start(await qemuArgs(booted.snap), true);
+    const r = await cli(['restore', booted.snap, '--qmp', dstSocket(dst), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({ mode: 'mapped', machine: 'pc-q35-10.0', mapped: { block: 'pc.ram', usedLength: MEM } });
+    // The stream holds the small blocks and the device state, not pc.ram's 16 MiB.
+    expect(out.stream.pagesCopied).toBeGreaterThan(0);
+    const pm = path.join(work, 'booted.dst.pmem');
+    await dst.pmemsave(pm, MEM);
+    expect(differingPages(fs.readFileSync(pm), fs.readFileSync(booted.pmem), MEM)).toEqual([]);
+    // The guest runs and writes to its memory; the file must not see it.
+    await dst.cmd('cont');
+    await sleep(300);
+    await dst.quit();
+    expect(sha(booted.snap)).toBe(before);
+  });
+
+  it('pc, never ran: memory equals the source outside the BIOS window', { timeout: 120_000 }, async () => {
+    const pc = await save('pc', 'pc', 0);
+    const dst = await start(await qemuArgs(pc.snap), true);
+    const r = await cli(['restore', pc.snap, '--qmp', dstSocket(dst)]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/restored pc-i440fx-10\.0 in \d+ ms: pc\.ram \(16\.0 MiB\) mapped from the file/);
+    const pm = path.join(work, 'pc.dst.pmem');
+    await dst.pmemsave(pm, MEM);
+    expect(differingPages(fs.readFileSync(pm), fs.readFileSync(pc.pmem), MEM, BIOS_WINDOW)).toEqual([]);
+    await dst.quit();
+  });
+
+  it('stale bytes under clear bits read as zero in the restored guest', { timeout: 120_000 }, async () => {
+    // What QEMU leaves after a page went non-zero then zero during a live save: bytes under a clear bit.
+    const stale = path.join(work, 'stale.snap');
+    fs.copyFileSync(booted.snap, stale);
+    const s = await Snapshot.open(stale);
+    const pc = s.block('pc.ram');
+    const { pagesOffset } = pc.mappedRam!;
+    const clear: number[] = [];
+    for (let p = 0x300; clear.length < 3; p++) if (!(pc.bitmap![p >> 3] & (1 << (p & 7)))) clear.push(p);
+    await s.close();
+    const fd = fs.openSync(stale, 'r+');
+    for (const p of clear) fs.writeSync(fd, Buffer.alloc(PS, 0xee), 0, PS, pagesOffset + p * PS);
+    fs.closeSync(fd);
+    const dst = await start(await qemuArgs(stale), true);
+    const r = await cli(['restore', stale, '--qmp', dstSocket(dst), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).stream.stalePages).toMatchObject({ 'pc.ram': 3 });
+    const pm = path.join(work, 'stale.dst.pmem');
+    await dst.pmemsave(pm, MEM);
+    expect(differingPages(fs.readFileSync(pm), fs.readFileSync(booted.pmem), MEM)).toEqual([]);
+    await dst.quit();
+  });
+
+  it('bad targets get one line and a non-zero exit, and nothing is loaded', { timeout: 180_000 }, async () => {
+    const args = await qemuArgs(booted.snap);
+    const s = await Snapshot.open(booted.snap);
+    const pagesOffset = s.block('pc.ram').mappedRam!.pagesOffset;
+    await s.close();
+    const other = path.join(work, 'other.snap');
+    fs.copyFileSync(booted.snap, other);
+    const backend = (over: string): string[] => ['-machine', 'pc-q35-10.0,memory-backend=pc.ram', '-m', '16M', '-object', `memory-backend-file,id=pc.ram,size=${MEM},${over}`];
+    const cases: [string, string[], RegExp][] = [
+      ['not incoming', args, /QEMU is prelaunch, not waiting for an incoming migration/],
+      ['wrong -m', ['-machine', 'pc-q35-10.0', '-m', '32M'], /RAM block pc\.ram is 33554432 bytes in QEMU/],
+      ['another machine', ['-machine', 'pc-i440fx-10.0', '-m', '16M'], /QEMU runs machine pc-i440fx-10\.0, the snapshot is of pc-q35-10\.0/],
+      ['no backend', ['-machine', 'pc-q35-10.0', '-m', '16M'], /no memory-backend-file named pc\.ram/],
+      ['another file', backend(`mem-path=${other},offset=${pagesOffset},share=off,readonly=on,rom=off`), /maps .*other\.snap, not the snapshot/],
+      // readonly=on keeps QEMU from writing the file whatever it is told; rom=off with share=on is refused by QEMU itself.
+      ['a shared mapping', backend(`mem-path=${booted.snap},offset=${pagesOffset},share=on,readonly=on`), /is share=on/],
+      ['another offset', backend(`mem-path=${booted.snap},offset=0,share=off,readonly=on,rom=off`), new RegExp(`at offset 0; pc\\.ram's pages are at ${pagesOffset}`)],
+      ['writable', backend(`mem-path=${booted.snap},offset=${pagesOffset},share=off`), /opens the snapshot for writing/],
+    ];
+    const before = sha(booted.snap);
+    for (const [what, qargs, message] of cases) {
+      const dst = await start(qargs, what !== 'not incoming');
+      const r = await cli(['restore', booted.snap, '--qmp', dstSocket(dst)]);
+      expect(r.code, what).toBe(1);
+      expect(r.stderr.trim().split('\n'), what).toHaveLength(1);
+      expect(r.stderr, what).toMatch(/^ramsnap: RESTORE_TARGET_MISMATCH: /);
+      expect(r.stderr, what).toMatch(message);
+      const st = (await dst.cmd('query-migrate')) as { status?: string };
+      expect(st.status ?? 'none', what).toBe('none');
+      await dst.kill();
+    }
+    expect(sha(booted.snap)).toBe(before);
+  });
+
+  it('--copy restores a legacy stream that cannot be mapped', { timeout: 120_000 }, async () => {
+    const blob = path.join(work, 'legacy.blob');
+    fs.writeFileSync(blob, Buffer.from(pageBytes(PS, 0x1e6)));
+    const snap = path.join(work, 'legacy.snap');
+    const src = await start(['-machine', 'q35', '-m', '16M', '-device', `loader,file=${blob},addr=0x${BLOB_AT.toString(16)},force-raw=on`]);
+    await src.cmd('migrate', { uri: `file:${snap}` });
+    await src.waitMigration(60_000);
+    const pmem = path.join(work, 'legacy.src.pmem');
+    await src.pmemsave(pmem, MEM);
+    await src.quit();
+
+    const refused = await cli(['restore', snap, '--print-qemu-args']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^ramsnap: RESTORE_UNSUPPORTED: the snapshot is a legacy \(sequential\) stream.*--copy/);
+
+    const dst = await start(['-machine', 'q35', '-m', '16M'], true);
+    const r = await cli(['restore', snap, '--qmp', dstSocket(dst), '--copy', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ mode: 'copy', machine: 'pc-q35-10.0' });
+    const pm = path.join(work, 'legacy.dst.pmem');
+    await dst.pmemsave(pm, MEM);
+    expect(differingPages(fs.readFileSync(pm), fs.readFileSync(pmem), MEM, BIOS_WINDOW)).toEqual([]);
+    await dst.quit();
+  });
+});

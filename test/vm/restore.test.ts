@@ -35,6 +35,23 @@ async function cli(args: string[]): Promise<{ code: number; stdout: string; stde
   }
 }
 
+/** Pages of pc.ram whose bit is clear but whose bytes in the file are not zero. */
+async function stalePagesOf(file: string): Promise<number> {
+  const s = await Snapshot.open(file);
+  try {
+    const b = s.block('pc.ram');
+    let stale = 0;
+    for (let p = 0; p < b.pages; p++) {
+      if (b.bitmap![p >> 3] & (1 << (p & 7))) continue;
+      const bytes = await s.source.read(b.mappedRam!.pagesOffset + p * PS, PS, 'page');
+      if (bytes.some((x) => x !== 0)) stale++;
+    }
+    return stale;
+  } finally {
+    await s.close();
+  }
+}
+
 function sha(file: string): string {
   return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 }
@@ -163,6 +180,36 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     const pm = path.join(work, 'stale.dst.pmem');
     await dst.pmemsave(pm, MEM);
     expect(differingPages(fs.readFileSync(pm), fs.readFileSync(booted.pmem), MEM)).toEqual([]);
+    await dst.quit();
+  });
+
+  it('a live save of a booting guest leaves stale pages; restored, memory equals the source at the end of the save', { timeout: 180_000 }, async () => {
+    // SeaBIOS writes pages and clears them again while it boots: saved slowly enough, some are sent
+    // non-zero and cleared later, which QEMU records by clearing their bits only (qemu-facts).
+    let found: { snap: string; pmem: string; stale: number } | undefined;
+    for (let attempt = 0; attempt < 3 && !found; attempt++) {
+      const snap = path.join(work, `live-${attempt}.snap`);
+      const src = await start(['-machine', 'q35', '-m', `${MEM / MiB}M`]);
+      await src.setCapabilities({ 'mapped-ram': true });
+      await src.cmd('migrate-set-parameters', { 'max-bandwidth': (attempt === 0 ? 2 : 1) * MiB });
+      await src.cmd('cont');
+      await src.cmd('migrate', { uri: `file:${snap}` });
+      await src.waitMigration(120_000);
+      const pmem = path.join(work, `live-${attempt}.src.pmem`);
+      await src.pmemsave(pmem, MEM);
+      await src.quit();
+      const stale = await stalePagesOf(snap);
+      if (stale > 0) found = { snap, pmem, stale };
+    }
+    expect(found, 'no save of the booting guest had stale pages').toBeDefined();
+    const { snap, pmem, stale } = found!;
+    const dst = await start(await qemuArgs(snap), true);
+    const r = await cli(['restore', snap, '--qmp', dstSocket(dst), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).stream.stalePages['pc.ram']).toBe(stale);
+    const pm = path.join(work, 'live.dst.pmem');
+    await dst.pmemsave(pm, MEM);
+    expect(differingPages(fs.readFileSync(pm), fs.readFileSync(pmem), MEM)).toEqual([]);
     await dst.quit();
   });
 

@@ -213,6 +213,74 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     await dst.quit();
   });
 
+  /** pmemsave of [addr, addr + length) of a QEMU. */
+  const pmemWindow = async (q: Qemu, name: string, addr: number, length: number): Promise<Buffer> => {
+    const pm = path.join(work, `${name}.pmem`);
+    await q.pmemsave(pm, length, addr);
+    const b = fs.readFileSync(pm);
+    fs.rmSync(pm);
+    return b;
+  };
+
+  it('q35 with 3 GiB: RAM split at 2 GiB and 4 GiB, both parts come from the one mapped block', { timeout: 240_000 }, async () => {
+    const GiB = 1024 * MiB;
+    const low = 0x10000000;
+    const high = 4 * GiB + 0x100000;
+    const blob = path.join(work, 'split.blob');
+    fs.writeFileSync(blob, Buffer.from(pageBytes(2 * PS, 0x5b1)));
+    const snap = path.join(work, 'split.snap');
+    const machineArgs = ['-machine', 'q35', '-m', '3G'];
+    const src = await start([...machineArgs, '-device', `loader,file=${blob},addr=0x${low.toString(16)},force-raw=on`, '-device', `loader,file=${blob},addr=0x${high.toString(16)},force-raw=on`]);
+    await src.setCapabilities({ 'mapped-ram': true });
+    await src.cmd('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
+    await src.cmd('migrate', { uri: `file:${snap}` });
+    await src.waitMigration(120_000);
+    const want = [await pmemWindow(src, 'split-low', low - MiB, 4 * MiB), await pmemWindow(src, 'split-high', high - MiB, 4 * MiB)];
+    await src.quit();
+    const args = await qemuArgs(snap);
+    expect(args).toContain('3072M');
+    const dst = await start(args, true);
+    const r = await cli(['restore', snap, '--qmp', dstSocket(dst), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).mapped).toMatchObject({ block: 'pc.ram', usedLength: 3 * GiB });
+    const got = [await pmemWindow(dst, 'split-low-dst', low - MiB, 4 * MiB), await pmemWindow(dst, 'split-high-dst', high - MiB, 4 * MiB)];
+    expect(got[0].equals(want[0])).toBe(true);
+    expect(got[1].equals(want[1])).toBe(true);
+    // The blob really is in both windows (not two windows of zeros).
+    expect(got[0].subarray(MiB, MiB + 2 * PS).equals(fs.readFileSync(blob))).toBe(true);
+    expect(got[1].subarray(MiB, MiB + 2 * PS).equals(fs.readFileSync(blob))).toBe(true);
+    await dst.quit();
+    fs.rmSync(snap);
+  });
+
+  it('a stream saved at ,offset=N maps at its absolute page offset and restores; --copy restores it too', { timeout: 180_000 }, async () => {
+    const OFF = 3 * MiB;
+    const blob = path.join(work, 'offset.blob');
+    fs.writeFileSync(blob, Buffer.from(pageBytes(PS, 0x0ff)));
+    const snap = path.join(work, 'offset.snap');
+    const src = await start(['-machine', 'q35', '-m', '16M', '-device', `loader,file=${blob},addr=0x${BLOB_AT.toString(16)},force-raw=on`]);
+    await src.setCapabilities({ 'mapped-ram': true });
+    await src.cmd('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
+    await src.cmd('migrate', { uri: `file:${snap},offset=${OFF}` });
+    await src.waitMigration(60_000);
+    const pmem = path.join(work, 'offset.src.pmem');
+    await src.pmemsave(pmem, MEM);
+    await src.quit();
+    const r0 = await cli(['restore', snap, '--offset', String(OFF), '--print-qemu-args', '--json']);
+    expect(r0.code, r0.stderr).toBe(0);
+    const { args, pagesOffset } = JSON.parse(r0.stdout) as { args: string[]; pagesOffset: number };
+    expect(pagesOffset).toBeGreaterThan(OFF);
+    for (const copy of [false, true]) {
+      const dst = await start(copy ? ['-machine', 'q35', '-m', '16M'] : args, true);
+      const r = await cli(['restore', snap, '--offset', String(OFF), '--qmp', dstSocket(dst), ...(copy ? ['--copy'] : [])]);
+      expect(r.code, r.stderr).toBe(0);
+      const pm = path.join(work, `offset.dst-${copy}.pmem`);
+      await dst.pmemsave(pm, MEM);
+      expect(differingPages(fs.readFileSync(pm), fs.readFileSync(pmem), MEM, BIOS_WINDOW), `copy=${copy}`).toEqual([]);
+      await dst.quit();
+    }
+  });
+
   it('bad targets get one line and a non-zero exit, and nothing is loaded', { timeout: 180_000 }, async () => {
     const args = await qemuArgs(booted.snap);
     const s = await Snapshot.open(booted.snap);

@@ -340,3 +340,79 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     await dst.quit();
   });
 });
+
+describe.skipIf(!qemuAvailable('qemu-system-aarch64'))('ramsnap restore on aarch64 virt', () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-restore-arm-'));
+  const started: Qemu[] = [];
+  const start = async (args: string[], incoming = false): Promise<{ q: Qemu; sock: string }> => {
+    const sock = path.join(work, `cli-${started.length}.sock`);
+    const q = await Qemu.start({ binary: 'qemu-system-aarch64', dir: work, args: ['-accel', 'tcg', '-cpu', 'cortex-a57', '-qmp', `unix:${sock},server=on,wait=off`, ...args], incoming });
+    started.push(q);
+    return { q, sock };
+  };
+  afterAll(async () => {
+    for (const q of started) await q.kill();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it('mach-virt.ram is mapped; memory at 0x40000000 equals the source', { timeout: 180_000 }, async () => {
+    const RAM_BASE = 0x40000000;
+    const blob = path.join(work, 'arm.blob');
+    fs.writeFileSync(blob, Buffer.from(pageBytes(2 * PS, 0xa64)));
+    const snap = path.join(work, 'arm.snap');
+    const { q: src } = await start(['-machine', 'virt', '-m', '64M', '-device', `loader,file=${blob},addr=0x${(RAM_BASE + 0x300000).toString(16)},force-raw=on`]);
+    await src.setCapabilities({ 'mapped-ram': true });
+    await src.cmd('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
+    await src.cmd('migrate', { uri: `file:${snap}` });
+    await src.waitMigration(60_000);
+    const pmem = path.join(work, 'arm.src.pmem');
+    await src.pmemsave(pmem, 64 * MiB, RAM_BASE);
+    await src.quit();
+    const p = await cli(['restore', snap, '--print-qemu-args', '--json']);
+    expect(p.code, p.stderr).toBe(0);
+    const plan = JSON.parse(p.stdout) as { args: string[]; block: string };
+    expect(plan.block).toBe('mach-virt.ram');
+    const { q: dst, sock } = await start(plan.args, true);
+    const r = await cli(['restore', snap, '--qmp', sock]);
+    expect(r.code, r.stderr).toBe(0);
+    const pm = path.join(work, 'arm.dst.pmem');
+    await dst.pmemsave(pm, 64 * MiB, RAM_BASE);
+    expect(differingPages(fs.readFileSync(pm), fs.readFileSync(pmem), 64 * MiB)).toEqual([]);
+    expect(fs.readFileSync(pm).subarray(0x300000, 0x300000 + 2 * PS).equals(fs.readFileSync(blob))).toBe(true);
+    await dst.quit();
+  });
+});
+
+describe.skipIf(!qemuAvailable('qemu-system-sparc64'))('ramsnap restore on sparc64 sun4u', () => {
+  it('refuses to map (RESTORE_UNSUPPORTED, naming --copy), and --copy restores', { timeout: 180_000 }, async () => {
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-restore-sparc-'));
+    const started: Qemu[] = [];
+    try {
+      const snap = path.join(work, 'sun4u.snap');
+      const src = await Qemu.start({ binary: 'qemu-system-sparc64', dir: work, args: ['-machine', 'sun4u', '-m', '64M'] });
+      started.push(src);
+      await src.setCapabilities({ 'mapped-ram': true });
+      await src.cmd('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
+      await src.cmd('migrate', { uri: `file:${snap}` });
+      await src.waitMigration(60_000);
+      const pmem = path.join(work, 'src.pmem');
+      await src.pmemsave(pmem, 64 * MiB);
+      await src.quit();
+      const refused = await cli(['restore', snap, '--print-qemu-args']);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/^ramsnap: RESTORE_UNSUPPORTED: machine sun4u.* cannot take a memory backend.*--copy/);
+      const sock = path.join(work, 'cli.sock');
+      const dst = await Qemu.start({ binary: 'qemu-system-sparc64', dir: work, args: ['-qmp', `unix:${sock},server=on,wait=off`, '-machine', 'sun4u', '-m', '64M'], incoming: true });
+      started.push(dst);
+      const r = await cli(['restore', snap, '--qmp', sock, '--copy']);
+      expect(r.code, r.stderr).toBe(0);
+      const pm = path.join(work, 'dst.pmem');
+      await dst.pmemsave(pm, 64 * MiB);
+      expect(fs.readFileSync(pm).equals(fs.readFileSync(pmem))).toBe(true);
+      await dst.quit();
+    } finally {
+      for (const q of started) await q.kill();
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  });
+});

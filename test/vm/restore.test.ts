@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { checkDirtyGuestMemory, readDirtyGuestRecord, startDirtyGuest } from '../../fixtures/dirty-guest.js';
 import { Qemu, kvmAvailable, qemuAvailable, sleep } from '../../fixtures/qemu.js';
 import { Snapshot } from '../../reader/snapshot.js';
 import { pageBytes } from '../helpers/synth.js';
@@ -338,6 +339,64 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     await dst.pmemsave(pm, MEM);
     expect(differingPages(fs.readFileSync(pm), fs.readFileSync(pmem), MEM, BIOS_WINDOW)).toEqual([]);
     await dst.quit();
+  });
+});
+
+describe.skipIf(!qemuAvailable())('clones of one snapshot', () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-restore-clones-'));
+  const started: Qemu[] = [];
+  afterAll(async () => {
+    for (const q of started) await q.kill();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it('two VMs restored from one file run at once, make progress, diverge, and leave the file unchanged', { timeout: 180_000 }, async () => {
+    const g = await startDirtyGuest({ dir: work, accel: 'tcg', memory: 64 * MiB, params: { ws: 8 * MiB } });
+    const snap = path.join(work, 'dirty.snap');
+    let atSave: number;
+    try {
+      await sleep(300);
+      await g.qemu.cmd('stop');
+      await g.qemu.setCapabilities({ 'mapped-ram': true });
+      await g.qemu.cmd('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
+      await g.qemu.cmd('migrate', { uri: `file:${snap}` });
+      await g.qemu.waitMigration();
+      atSave = readDirtyGuestRecord(g.ramPath).writes;
+    } finally {
+      await g.stop();
+    }
+    const before = sha(snap);
+    const plan = JSON.parse((await cli(['restore', snap, '--print-qemu-args', '--json'])).stdout) as { args: string[] };
+    const clones: { q: Qemu; sock: string }[] = [];
+    for (let i = 0; i < 2; i++) {
+      const sock = path.join(work, `clone-${i}.sock`);
+      const q = await Qemu.start({ binary: 'qemu-system-x86_64', dir: work, args: ['-accel', 'tcg', '-cpu', 'qemu64,kvmclock=off', '-smp', '1', '-qmp', `unix:${sock},server=on,wait=off`, ...plan.args], incoming: true });
+      started.push(q);
+      clones.push({ q, sock });
+      const r = await cli(['restore', snap, '--qmp', sock]);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    // Both run at once, for different times.
+    await Promise.all(clones.map((c) => c.q.cmd('cont')));
+    await sleep(200);
+    await clones[1].q.cmd('stop');
+    await sleep(600);
+    await clones[0].q.cmd('stop');
+    const images: Buffer[] = [];
+    for (const [i, c] of clones.entries()) {
+      const pm = path.join(work, `clone-${i}.pmem`);
+      await c.q.pmemsave(pm, 64 * MiB);
+      images.push(fs.readFileSync(pm));
+      await c.q.quit();
+    }
+    const checks = images.map((m) => checkDirtyGuestMemory(m));
+    for (const c of checks) {
+      expect(c.problems).toEqual([]);
+      expect(c.record!.writes).toBeGreaterThan(atSave);
+    }
+    expect(checks[0].record!.writes).not.toBe(checks[1].record!.writes);
+    expect(images[0].equals(images[1])).toBe(false);
+    expect(sha(snap)).toBe(before);
   });
 });
 

@@ -149,6 +149,29 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     expect(sha(booted.snap)).toBe(before);
   });
 
+  it('a mapped VM saved again by QEMU restores to equal memory; ramsnap save refuses its private RAM', { timeout: 180_000 }, async () => {
+    const dst = await start(await qemuArgs(booted.snap), true);
+    const r = await cli(['restore', booted.snap, '--qmp', dstSocket(dst)]);
+    expect(r.code, r.stderr).toBe(0);
+    const refused = await cli(['save', '--qmp', dstSocket(dst), '-o', path.join(work, 'nope.snap')]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/^ramsnap: NO_SHARED_RAM: the guest's RAM pc\.ram is a private \(share=off\) mapping/);
+    expect(fs.existsSync(path.join(work, 'nope.snap'))).toBe(false);
+    const again = path.join(work, 'again.snap');
+    await dst.setCapabilities({ 'mapped-ram': true });
+    await dst.cmd('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
+    await dst.cmd('migrate', { uri: `file:${again}` });
+    await dst.waitMigration(60_000);
+    await dst.quit();
+    const third = await start(['-machine', 'q35', '-m', '16M'], true);
+    const r2 = await cli(['restore', again, '--qmp', dstSocket(third), '--copy']);
+    expect(r2.code, r2.stderr).toBe(0);
+    const pm = path.join(work, 'again.pmem');
+    await third.pmemsave(pm, MEM);
+    expect(differingPages(fs.readFileSync(pm), fs.readFileSync(booted.pmem), MEM)).toEqual([]);
+    await third.quit();
+  });
+
   it('pc, never ran: memory equals the source outside the BIOS window', { timeout: 120_000 }, async () => {
     const pc = await save('pc', 'pc', 0);
     const dst = await start(await qemuArgs(pc.snap), true);

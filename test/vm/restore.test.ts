@@ -172,6 +172,22 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     await third.quit();
   });
 
+  it('--prefetch reads the mapped block\'s present pages after the load', { timeout: 120_000 }, async () => {
+    const s = await Snapshot.open(booted.snap);
+    const present = s.block('pc.ram').pagesPresent * PS;
+    await s.close();
+    const dst = await start(await qemuArgs(booted.snap), true);
+    const r = await cli(['restore', booted.snap, '--qmp', dstSocket(dst), '--prefetch', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.prefetch.bytes).toBe(present);
+    expect(out.stream.bytes).toBeLessThan(MEM);
+    const pm = path.join(work, 'prefetch.dst.pmem');
+    await dst.pmemsave(pm, MEM);
+    expect(differingPages(fs.readFileSync(pm), fs.readFileSync(booted.pmem), MEM)).toEqual([]);
+    await dst.quit();
+  });
+
   it('pc, never ran: memory equals the source outside the BIOS window', { timeout: 120_000 }, async () => {
     const pc = await save('pc', 'pc', 0);
     const dst = await start(await qemuArgs(pc.snap), true);

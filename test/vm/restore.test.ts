@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkDirtyGuestMemory, readDirtyGuestRecord, startDirtyGuest } from '../../fixtures/dirty-guest.js';
 import { Qemu, kvmAvailable, qemuAvailable, sleep } from '../../fixtures/qemu.js';
 import { Snapshot } from '../../reader/snapshot.js';
+import { fixtureFiles } from '../helpers/fixtures.js';
 import { pageBytes } from '../helpers/synth.js';
 
 const run = promisify(execFile);
@@ -321,6 +322,63 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     }
   });
 
+  it('a libvirt save image (header, XML, then the stream) maps at its absolute page offset', { timeout: 120_000 }, async () => {
+    // libvirt's own prefix, taken from the committed libvirt fixture; QEMU writes the stream behind it, as under libvirt.
+    const { snap: fixture } = await fixtureFiles('q35-libvirt-sparse');
+    const fx = await Snapshot.open(fixture);
+    const streamOffset = fx.model.streamOffset;
+    await fx.close();
+    const image = path.join(work, 'libvirt.img');
+    const fd = fs.openSync(image, 'w', 0o600);
+    const prefix = Buffer.alloc(streamOffset);
+    const ffd = fs.openSync(fixture, 'r');
+    fs.readSync(ffd, prefix, 0, streamOffset, 0);
+    fs.closeSync(ffd);
+    fs.writeSync(fd, prefix, 0, streamOffset, 0);
+    fs.closeSync(fd);
+    const blob = path.join(work, 'libvirt.blob');
+    fs.writeFileSync(blob, Buffer.from(pageBytes(PS, 0x11b)));
+    const src = await start(['-machine', 'q35', '-m', '16M', '-device', `loader,file=${blob},addr=0x${BLOB_AT.toString(16)},force-raw=on`]);
+    await src.setCapabilities({ 'mapped-ram': true });
+    await src.cmd('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
+    await src.cmd('migrate', { uri: `file:${image},offset=${streamOffset}` });
+    await src.waitMigration(60_000);
+    const pmem = path.join(work, 'libvirt.src.pmem');
+    await src.pmemsave(pmem, MEM);
+    await src.quit();
+    const opened = await Snapshot.open(image);
+    expect(opened.model.libvirt).toBeDefined();
+    await opened.close();
+    const dst = await start(await qemuArgs(image), true);
+    const r = await cli(['restore', image, '--qmp', dstSocket(dst)]);
+    expect(r.code, r.stderr).toBe(0);
+    const pm = path.join(work, 'libvirt.dst.pmem');
+    await dst.pmemsave(pm, MEM);
+    expect(differingPages(fs.readFileSync(pm), fs.readFileSync(pmem), MEM, BIOS_WINDOW)).toEqual([]);
+    await dst.quit();
+  });
+
+  it('a snapshot made by ramsnap create maps and restores to its images', { timeout: 120_000 }, async () => {
+    const raw = path.join(work, 'create.raw');
+    const image = Buffer.alloc(MEM);
+    Buffer.from(pageBytes(4 * PS, 0xc4ea7e)).copy(image, 0x400000);
+    Buffer.from(pageBytes(PS, 0xc4ea7f)).copy(image, MEM - PS);
+    fs.writeFileSync(raw, image);
+    // The template never ran: a booted one's device state (kvmvapic's) refers to option ROM code in pc.ram that the image replaces.
+    const template = await save('create-template', 'q35', 0);
+    const snap = path.join(work, 'created.snap');
+    const c = await cli(['create', '-o', snap, '--template', template.snap, '--ram', `pc.ram=${raw}`]);
+    expect(c.code, c.stderr).toBe(0);
+    const dst = await start(await qemuArgs(snap), true);
+    const r = await cli(['restore', snap, '--qmp', dstSocket(dst)]);
+    expect(r.code, r.stderr).toBe(0);
+    const pm = path.join(work, 'created.dst.pmem');
+    await dst.pmemsave(pm, MEM);
+    // pc.ram is the image, all of [0, 16 MiB) but the BIOS window of a guest that never ran.
+    expect(differingPages(fs.readFileSync(pm), image, MEM, BIOS_WINDOW)).toEqual([]);
+    await dst.quit();
+  });
+
   it('bad targets get one line and a non-zero exit, and nothing is loaded', { timeout: 180_000 }, async () => {
     const args = await qemuArgs(booted.snap);
     const s = await Snapshot.open(booted.snap);
@@ -387,6 +445,32 @@ describe.skipIf(!qemuAvailable())('clones of one snapshot', () => {
   afterAll(async () => {
     for (const q of started) await q.kill();
     fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it('a snapshot made by ramsnap save of the running dirtying guest maps and restores to the guest at the pause', { timeout: 180_000 }, async () => {
+    // A second QMP socket for ramsnap save (QEMU serves one client per socket).
+    const sock = path.join(work, 'saved-guest.sock');
+    const g = await startDirtyGuest({ dir: work, accel: 'tcg', memory: 64 * MiB, params: { ws: 8 * MiB }, extraArgs: ['-qmp', `unix:${sock},server=on,wait=off`] });
+    const snap = path.join(work, 'live-saved.snap');
+    let atPause: Buffer;
+    try {
+      await sleep(200);
+      const r = await cli(['save', '--qmp', sock, '-o', snap, '--then', 'stop', '--max-bandwidth', '0', '-q']);
+      expect(r.code, r.stderr).toBe(0);
+      atPause = fs.readFileSync(g.ramPath);
+    } finally {
+      await g.stop();
+    }
+    const plan = JSON.parse((await cli(['restore', snap, '--print-qemu-args', '--json'])).stdout) as { args: string[] };
+    const dstSock = path.join(work, 'saved-dst.sock');
+    const dst = await Qemu.start({ binary: 'qemu-system-x86_64', dir: work, args: ['-accel', 'tcg', '-cpu', 'qemu64,kvmclock=off', '-smp', '1', '-qmp', `unix:${dstSock},server=on,wait=off`, ...plan.args], incoming: true });
+    started.push(dst);
+    const r = await cli(['restore', snap, '--qmp', dstSock]);
+    expect(r.code, r.stderr).toBe(0);
+    const pm = path.join(work, 'saved.dst.pmem');
+    await dst.pmemsave(pm, 64 * MiB);
+    expect(differingPages(fs.readFileSync(pm), atPause!, 64 * MiB)).toEqual([]);
+    await dst.quit();
   });
 
   it('two VMs restored from one file run at once, make progress, diverge, and leave the file unchanged', { timeout: 180_000 }, async () => {

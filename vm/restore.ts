@@ -136,7 +136,10 @@ async function checkTarget(qmp: QmpClient, snap: Snapshot, plan: RestorePlan | u
       throw mismatch('blocks', `RAM block ${b.name} is ${row.usedLength} bytes in QEMU and ${b.usedLength} in the snapshot (is -m right?)`);
     }
   }
-  if (plan) await checkBackend(qmp, plan, file);
+  if (plan) {
+    await checkBackend(qmp, plan, file);
+    await checkNoSharedMemoryDevices(qmp);
+  }
   return type;
 }
 
@@ -163,6 +166,20 @@ async function checkBackend(qmp: QmpClient, plan: RestorePlan, file: string): Pr
   const machineBackend = await qmp.execute<string>('qom-get', { path: '/machine', property: 'memory-backend' }).catch(() => '');
   if (machineBackend.replace(/^\/objects\//, '') !== id) {
     throw mismatch('backend', `backend ${id} is not the machine's RAM (-machine memory-backend=${id})`);
+  }
+}
+
+/**
+ * vhost-user devices (and their kin) hand guest memory to another process,
+ * which needs share=on; a private mapping cannot give that.
+ */
+async function checkNoSharedMemoryDevices(qmp: QmpClient): Promise<void> {
+  for (const container of ['/machine/peripheral', '/machine/peripheral-anon']) {
+    const children = await qmp.execute<{ name: string; type: string }[]>('qom-list', { path: container }).catch(() => []);
+    const dev = children.find((c) => /^child<vhost-user/.test(c.type));
+    if (dev) {
+      throw mismatch('devices', `device ${dev.name} (${dev.type.slice(6, -1)}) needs guest RAM shared with another process (share=on), which a private mapping of the snapshot cannot give: use --copy into shared RAM`);
+    }
   }
 }
 

@@ -86,7 +86,8 @@
  * two cores. Environment: BENCH_RUNS, ANALYZE_MIGRATION, QEMU_SYSTEM_X86_64,
  * TMPDIR, BENCH_VERBOSE=1 (every run's time), BENCH_ONLY=precopy (only the
  * precopy table and the live saves of a real guest: test/bench/precopy.ts),
- * BENCH_ONLY=extract (only the 2 GiB mapped-ram extract group).
+ * BENCH_ONLY=extract (only the 2 GiB mapped-ram extract group),
+ * BENCH_ONLY=restore (only the restore table: test/bench/restore.ts).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -100,6 +101,7 @@ import { haveGnuTime, inProcess, median, peakRssKiB, rounds, timeCommand, type C
 import { QEMU_BINARY, q35Args, qemuRestore, qemuSave, quitAllQemu, type Guest } from './qemu-runs.js';
 import { contextRow, memoryRow, ratioRow, renderTable, skipRow, timeLimitRow, type Row } from './table.js';
 import { precopyTable, realSaves } from './precopy.js';
+import { restoreTable } from './restore.js';
 
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 3));
 const VERBOSE = process.env.BENCH_VERBOSE === '1';
@@ -206,6 +208,17 @@ async function main(): Promise<void> {
     await extractGroup({ ...guestInputs, big: '', bigByQemu: false }, haveQemu);
     process.stdout.write('\n' + renderTable([...rows, ...contextRows]) + '\n\n' + notes.map((n) => `- ${n}`).join('\n') + '\n');
     return;
+  }
+  // BENCH_ONLY=restore: only the restore table (test/bench/restore.ts).
+  if (ONLY === 'restore' || (ONLY === undefined && haveQemu)) {
+    log('restore: mapped restores against QEMU\'s own');
+    const restoreRows = await restoreTable({ tmp, cli: CLI, runs: RUNS, log: progress, notes });
+    process.stdout.write('\nRestore (issue 9)\n\n' + renderTable(restoreRows) + '\n\n');
+    rows.push(...restoreRows.filter((r) => r.verdict !== 'info'));
+    if (ONLY === 'restore') {
+      process.stdout.write(notes.map((n) => `- ${n}`).join('\n') + '\n');
+      return;
+    }
   }
   // BENCH_ONLY=precopy: only the precopy table (issue 4), a minute or two.
   if (ONLY !== 'precopy') {

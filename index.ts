@@ -22,3 +22,14 @@ export { createSnapshot, type CreateOptions, type CreateResult } from './writer/
 export { convertSnapshot, type ConvertOptions, type ConvertResult } from './writer/convert.js';
 export { patchSnapshot, type PatchOptions, type PatchResult } from './writer/patch.js';
 export { sparsifySnapshot, type SparsifyOptions, type SparsifyResult } from './writer/sparsify.js';
+// Running VMs (vm/): the QMP client, the live save and its policies, and restore.
+export { QmpClient, QmpError, type Json } from './vm/qmp.js';
+export { liveSave, type LiveSaveOptions, type LiveSaveResult, type ThenAction } from './vm/live-save.js';
+export { precopy, type PrecopyOptions, type PrecopyResult, type PrecopyStats, type PrecopyPolicy, type PrecopyDecision } from './vm/precopy.js';
+export { classicPolicy, thresholdPolicy, downtimePolicy, builtinPolicy, loadPolicy } from './vm/policies.js';
+export { SharedFileSource, type RamSource } from './vm/ram-source.js';
+export { SimulatedGuest, VirtualClock, type SimGuestOptions } from './vm/sim-guest.js';
+export { checkSaveOptions, defaultSaveOptions, type SaveOptions } from './vm/save-options.js';
+export { restoreSnapshot, RestoreTargetError, type RestoreOptions, type RestoreResult } from './vm/restore.js';
+export { planRestore, shellWords, type RestorePlan } from './vm/restore-plan.js';
+export { writeRestoreStream, type DataRanges, type RestoreStreamResult } from './vm/restore-stream.js';

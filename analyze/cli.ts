@@ -21,6 +21,7 @@ import * as patch from './commands/patch.js';
 import * as sparsify from './commands/sparsify.js';
 import * as options from './commands/options.js';
 import * as save from './commands/save.js';
+import * as restore from './commands/restore.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
 import { errorLine, printable } from './human.js';
@@ -43,6 +44,7 @@ export function buildCli(argv: string[]): Argv {
     .command(sparsify)
     .command(options)
     .command(save)
+    .command(restore)
     .demandCommand(1, 'name a command')
     .strict()
     .help()

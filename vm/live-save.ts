@@ -150,6 +150,15 @@ async function discover(qmp: QmpClient, o: LiveSaveOptions): Promise<Discovered>
     throw new RamsnapUsageError('NOT_SHARED', `--ram ${name}: no memory-backend-file with share=on backs a RAM block of that name`, 'ram');
   }
   if (shared.length === 0) {
+    const privateFile = memdevs.find((d) => !d.share && d.id && objects.find((x) => x.name === d.id)?.type === 'child<memory-backend-file>');
+    if (privateFile) {
+      // What ramsnap restore sets up: the guest's writes stay in its private copy, out of any file ramsnap could read.
+      throw new RamsnapUsageError(
+        'NO_SHARED_RAM',
+        `the guest's RAM ${privateFile.id} is a private (share=off) mapping of a file, as ramsnap restore sets up: ramsnap save cannot see the guest's writes there; save it with QEMU's own migrate to a file, or restore with --copy into shared RAM`,
+        'ram',
+      );
+    }
     throw new RamsnapUsageError(
       'NO_SHARED_RAM',
       'the guest has no RAM on a memory-backend-file with share=on, so ramsnap cannot read it while it runs (start QEMU with -object memory-backend-file,id=pc.ram,mem-path=...,share=on -machine memory-backend=pc.ram)',

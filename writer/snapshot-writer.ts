@@ -176,12 +176,7 @@ export class SnapshotWriter {
 
   /** Marks pages as zero (their bits clear); their bytes, if any, stay and are ignored. */
   zeroPages(blockName: string, first: number, count: number): void {
-    const b = this.block(blockName);
-    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || first < 0 || count < 0 || first + count > b.pages) {
-      throw new RamsnapUsageError('OUT_OF_RANGE', `pages ${first}..${first + count} of ${b.name} (${b.pages} pages)`, 'pages');
-    }
-    this.checkOpen();
-    setRange(this.bitmaps[this.byName.get(blockName) as number], first, count, false);
+    setRange(this.pageRange(blockName, first, count), first, count, false);
     this.coverage.reached(blockName, (first + count) * this.plan.pageSize);
   }
 
@@ -208,6 +203,26 @@ export class SnapshotWriter {
     await this.sink.write(plan.streamOffset, plan.head);
     this.currentPlan = plan;
     this.opts = { ...this.opts, ...o };
+  }
+
+  /**
+   * Marks pages present whose bytes are zero, without writing them: their
+   * bytes in the page region are the hole the writer left there. For pages
+   * never written: an instant restore's stream uses them to make QEMU write
+   * zeros over stale bytes of a mapped snapshot.
+   */
+  zeroPagesPresent(blockName: string, first: number, count: number): void {
+    setRange(this.pageRange(blockName, first, count), first, count, true);
+  }
+
+  /** The bitmap of `blockName`, once [first, first + count) is checked to be its pages and the writer open. */
+  private pageRange(blockName: string, first: number, count: number): Uint8Array {
+    const b = this.block(blockName);
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || first < 0 || count < 0 || first + count > b.pages) {
+      throw new RamsnapUsageError('OUT_OF_RANGE', `pages ${first}..${first + count} of ${b.name} (${b.pages} pages)`, 'pages');
+    }
+    this.checkOpen();
+    return this.bitmaps[this.byName.get(blockName) as number];
   }
 
   /** Whether a page is currently marked present. */

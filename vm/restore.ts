@@ -1,0 +1,239 @@
+/**
+ * `ramsnap restore`: loads a snapshot into a QEMU started with
+ * `-incoming defer`, either by mapping the machine's RAM from the snapshot
+ * file (instant: only a small stream is loaded, see restore-stream.ts) or,
+ * with `copy`, by QEMU's own restore of the whole file.
+ *
+ * The target is checked over QMP before anything is loaded: it must wait
+ * for an incoming migration, be the snapshot's machine type with the same
+ * RAM blocks, and (when mapping) back the mapped block with a private,
+ * read-only memory-backend-file over this very file at the block's page
+ * region. A target that fails a check gets one line and nothing loaded.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CAP_MAPPED_RAM } from '../format/constants.js';
+import { RamsnapError } from '../format/errors.js';
+import type { Snapshot } from '../reader/snapshot.js';
+import { parseRamblocks } from './live-save.js';
+import { QmpClient } from './qmp.js';
+import { planRestore, type RestorePlan } from './restore-plan.js';
+import { writeRestoreStream, type DataRanges, type RestoreStreamResult } from './restore-stream.js';
+
+export interface RestoreOptions {
+  /** QMP socket of a QEMU started with -incoming defer. */
+  qmp: string;
+  /** QEMU's own restore of the whole file instead of mapping it. */
+  copy?: boolean;
+  /** The block to map instead of the machine's RAM. */
+  ramBlock?: string;
+  /** Where the snapshot's data is (the rest are holes), for finding stale pages without reading holes. */
+  dataRanges?: DataRanges;
+  /** Longest wait for QEMU's load (default 10 minutes). */
+  timeoutMs?: number;
+  /** Aborts the load (SIGINT): QEMU's incoming migration is left failed, nothing else changes. */
+  signal?: AbortSignal;
+}
+
+export interface RestoreResult {
+  mode: 'mapped' | 'copy';
+  machine: string;
+  /** The mapped block (mapped mode). */
+  mapped?: { block: string; usedLength: number; pagesOffset: number; found: string };
+  /** The small stream: what it held, and its allocated bytes (the mapped blocks' page regions in it are holes). */
+  stream?: RestoreStreamResult & { bytes: number };
+  /** From the start of restore() to QEMU's `completed`. */
+  elapsedMs: number;
+  /** QEMU's run state afterwards (running unless it was started with -S). */
+  status: string;
+}
+
+/** A target that does not match the snapshot (`field` names what differs): nothing was loaded. */
+export class RestoreTargetError extends RamsnapError {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super('RESTORE_TARGET_MISMATCH', `${message}; nothing was loaded`);
+  }
+}
+
+function mismatch(field: string, message: string): RestoreTargetError {
+  return new RestoreTargetError(field, message);
+}
+
+export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: RestoreOptions): Promise<RestoreResult> {
+  const started = performance.now();
+  const file = path.resolve(snapshotPath);
+  // Mapping is checked before QMP is touched: a snapshot that cannot be mapped needs another QEMU command line.
+  const plan = o.copy ? undefined : planRestore(snap, file, { ramBlock: o.ramBlock });
+  const qmp = await QmpClient.connect(o.qmp);
+  try {
+    const machine = await checkTarget(qmp, snap, plan, file);
+    const caps = streamCapabilities(snap);
+    let uri: string;
+    let stream: RestoreResult['stream'];
+    let scratch: string | undefined;
+    try {
+      if (plan) {
+        // Private to this user: the stream holds the small blocks' memory.
+        scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-restore-'));
+        const streamPath = path.join(scratch, 'stream');
+        const written = await writeRestoreStream(snap, new Set([plan.block.name]), streamPath, o.dataRanges);
+        stream = { ...written, bytes: fs.statSync(streamPath).blocks * 512 };
+        uri = `file:${streamPath}`;
+      } else {
+        uri = `file:${file}${snap.model.streamOffset ? `,offset=${snap.model.streamOffset}` : ''}`;
+      }
+      await qmp.execute('migrate-set-capabilities', { capabilities: caps.map(([capability, state]) => ({ capability, state })) });
+      await qmp.execute('migrate-incoming', { uri, 'exit-on-error': false });
+      await waitIncoming(qmp, o.timeoutMs ?? 600_000, o.signal);
+    } finally {
+      if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
+    }
+    const elapsedMs = performance.now() - started;
+    const status = (await qmp.execute<{ status: string }>('query-status')).status;
+    return {
+      mode: plan ? 'mapped' : 'copy',
+      machine,
+      mapped: plan && { block: plan.block.name, usedLength: plan.block.usedLength, pagesOffset: plan.pagesOffset, found: plan.found },
+      stream,
+      elapsedMs,
+      status,
+    };
+  } finally {
+    qmp.close();
+  }
+}
+
+/** The capabilities the stream needs, as QEMU's loader compares them with its own: every one the file records, and mapped-ram either way. */
+function streamCapabilities(snap: Snapshot): [string, boolean][] {
+  const recorded = snap.model.configuration?.capabilities ?? [];
+  const caps = new Map<string, boolean>(recorded.map((c) => [c, true]));
+  caps.set(CAP_MAPPED_RAM, snap.model.mappedRam);
+  return [...caps];
+}
+
+/** Checks the target against the snapshot; returns its machine type. */
+async function checkTarget(qmp: QmpClient, snap: Snapshot, plan: RestorePlan | undefined, file: string): Promise<string> {
+  const status = await qmp.execute<{ status: string }>('query-status');
+  if (status.status !== 'inmigrate') {
+    throw mismatch('status', `QEMU is ${status.status}, not waiting for an incoming migration: start it with -incoming defer`);
+  }
+  const mig = await qmp.execute<{ status?: string }>('query-migrate');
+  if (mig.status && mig.status !== 'none') throw mismatch('status', `QEMU's incoming migration is already ${mig.status}`);
+
+  const type = (await qmp.execute<string>('qom-get', { path: '/machine', property: 'type' })).replace(/-machine$/, '');
+  const wanted = snap.model.configuration?.machine;
+  if (wanted && type !== wanted) throw mismatch('machine', `QEMU runs machine ${type}, the snapshot is of ${wanted}`);
+
+  const rows = parseRamblocks(await qmp.hmp('info ramblock'));
+  for (const b of snap.blocks) {
+    const row = rows.find((r) => r.name === b.name);
+    if (!row) throw mismatch('blocks', `QEMU has no RAM block ${JSON.stringify(b.name)} (it has ${rows.map((r) => r.name).join(', ')})`);
+    if (row.usedLength !== b.usedLength) {
+      throw mismatch('blocks', `RAM block ${b.name} is ${row.usedLength} bytes in QEMU and ${b.usedLength} in the snapshot (is -m right?)`);
+    }
+  }
+  if (plan) {
+    await checkBackend(qmp, plan, file);
+    await checkNoSharedMemoryDevices(qmp);
+  }
+  return type;
+}
+
+/** The mapped block must be the machine's RAM, on a private read-only mapping of this file at the block's page region. */
+async function checkBackend(qmp: QmpClient, plan: RestorePlan, file: string): Promise<void> {
+  const id = plan.block.name;
+  const hint = `start QEMU with ${plan.qemuArgs.join(' ')}`;
+  const objects = await qmp.execute<{ name: string; type: string }[]>('qom-list', { path: '/objects' });
+  const obj = objects.find((x) => x.name === id);
+  if (obj?.type !== 'child<memory-backend-file>') {
+    throw mismatch('backend', `QEMU has no memory-backend-file named ${id} to map the snapshot (${hint})`);
+  }
+  const get = <T>(property: string): Promise<T> => qmp.execute<T>('qom-get', { path: `/objects/${id}`, property });
+  const memPath = await get<string>('mem-path');
+  if (!sameFile(memPath, file)) throw mismatch('backend', `backend ${id} maps ${memPath}, not the snapshot ${file}`);
+  const offset = await get<number>('offset');
+  if (offset !== plan.pagesOffset) throw mismatch('backend', `backend ${id} maps the file at offset ${offset}; ${id}'s pages are at ${plan.pagesOffset}`);
+  if (await get<boolean>('share')) {
+    // A shared mapping would write the guest's memory into the snapshot.
+    throw mismatch('backend', `backend ${id} is share=on: the guest would write into the snapshot (use share=off)`);
+  }
+  if (!(await get<boolean>('readonly'))) throw mismatch('backend', `backend ${id} opens the snapshot for writing (use readonly=on,rom=off)`);
+  if ((await get<string>('rom')) !== 'off') throw mismatch('backend', `backend ${id} maps the snapshot read-only for the guest too (use rom=off)`);
+  const machineBackend = await qmp.execute<string>('qom-get', { path: '/machine', property: 'memory-backend' }).catch(() => '');
+  if (machineBackend.replace(/^\/objects\//, '') !== id) {
+    throw mismatch('backend', `backend ${id} is not the machine's RAM (-machine memory-backend=${id})`);
+  }
+}
+
+/**
+ * vhost-user devices (and their kin) hand guest memory to another process,
+ * which needs share=on; a private mapping cannot give that.
+ */
+async function checkNoSharedMemoryDevices(qmp: QmpClient): Promise<void> {
+  for (const container of ['/machine/peripheral', '/machine/peripheral-anon']) {
+    const children = await qmp.execute<{ name: string; type: string }[]>('qom-list', { path: container }).catch(() => []);
+    const dev = children.find((c) => /^child<vhost-user/.test(c.type));
+    if (dev) {
+      throw mismatch('devices', `device ${dev.name} (${dev.type.slice(6, -1)}) needs guest RAM shared with another process (share=on), which a private mapping of the snapshot cannot give: use --copy into shared RAM`);
+    }
+  }
+}
+
+/** Same device and inode, so a path spelled another way still counts. */
+function sameFile(a: string, b: string): boolean {
+  try {
+    const x = fs.statSync(a);
+    const y = fs.statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
+}
+
+async function waitIncoming(qmp: QmpClient, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const st = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+    if (st.status === 'completed') return;
+    if (st.status === 'failed' || st.status === 'cancelled') {
+      throw new RamsnapError('RESTORE_FAILED', `QEMU's load ${st.status}: ${st['error-desc'] ?? 'no reason given (see QEMU\'s log)'}`);
+    }
+    if (signal?.aborted) throw new RamsnapError('RESTORE_ABORTED', 'the restore was interrupted; QEMU may hold part of the snapshot: start it again');
+    if (performance.now() > deadline) throw new RamsnapError('RESTORE_FAILED', `QEMU did not finish loading within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+/** Bytes read at a time by prefetch: large reads, one buffer. */
+const PREFETCH_CHUNK = 4 << 20;
+
+export interface PrefetchResult {
+  bytes: number;
+  ms: number;
+}
+
+/**
+ * Reads the present pages of the mapped block into the page cache, so the
+ * guest's first touch of each is a minor fault (a page-cache hit) instead
+ * of a read from disk. Run after the load: the guest is already running
+ * while this goes on. Stops early when `signal` aborts.
+ */
+export async function prefetch(snap: Snapshot, blockName: string, signal?: AbortSignal): Promise<PrefetchResult> {
+  const started = performance.now();
+  const block = snap.block(blockName);
+  const ps = block.pageSize;
+  const buf = Buffer.allocUnsafe(Math.max(ps, Math.floor(PREFETCH_CHUNK / ps) * ps));
+  let bytes = 0;
+  for (const run of snap.presentRuns(block, 0, block.pages, buf.length / ps)) {
+    if (signal?.aborted) break;
+    const n = run.count * ps;
+    await snap.source.read(run.fileOffset, n, `ramblock[${block.name}].pages`, buf.subarray(0, n));
+    bytes += n;
+  }
+  return { bytes, ms: performance.now() - started };
+}
+

@@ -20,6 +20,7 @@
 import { bitRuns } from '../format/bitmap.js';
 import { FormatCode, RamsnapFormatError } from '../format/errors.js';
 import { nonZeroRuns, zeroPageOf } from '../format/zero-pages.js';
+import type { DataExtent } from '../reader/holes.js';
 import type { RamBlock } from '../reader/model.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { checkConvertible, copyBlock, mappedRamWriterLike } from '../writer/convert.js';
@@ -28,11 +29,11 @@ import type { SnapshotWriter } from '../writer/snapshot-writer.js';
 /** Bytes of snapshot read at a time when looking for stale pages. */
 const STALE_SCAN_CHUNK = 1 << 20;
 
-/** File ranges [start, end) of `[from, to)` that may hold data (the rest is known to be holes). */
-export type DataRanges = (from: number, to: number) => AsyncIterable<[number, number]> | Iterable<[number, number]>;
+/** The extents of `[from, to)` that may hold data (the rest is known to be holes): HoleMap.dataExtents, or a stand-in. */
+export type DataRanges = (from: number, to: number) => AsyncIterable<DataExtent> | Iterable<DataExtent>;
 
 /** Without a hole map every byte may be data. */
-export const everythingIsData: DataRanges = (from, to) => [[from, to]];
+export const everythingIsData: DataRanges = (start, end) => [{ start, end }];
 
 export interface RestoreStreamResult {
   /** Pages of the mapped blocks that the stream overwrites with zeros, by block. */
@@ -88,7 +89,7 @@ async function markStalePages(snap: Snapshot, block: RamBlock, writer: SnapshotW
   const scanClear = async (first: number, count: number): Promise<void> => {
     const from = mr.pagesOffset + first * ps;
     const to = from + count * ps;
-    for await (const [a, b] of dataRanges(from, to)) {
+    for await (const { start: a, end: b } of dataRanges(from, to)) {
       // Whole pages around the data range (a range need not start on a page), each page scanned once.
       let at = Math.max(scannedTo, from + Math.floor((Math.max(a, from) - from) / ps) * ps);
       const end = from + Math.ceil((Math.min(b, to) - from) / ps) * ps;

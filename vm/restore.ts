@@ -15,11 +15,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { CAP_MAPPED_RAM } from '../format/constants.js';
 import { RamsnapError } from '../format/errors.js';
+import { HoleMap, type HoleMapKind } from '../reader/holes.js';
 import type { Snapshot } from '../reader/snapshot.js';
+import { FileSource } from '../reader/source.js';
 import { parseRamblocks } from './live-save.js';
 import { QmpClient } from './qmp.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
-import { writeRestoreStream, type DataRanges, type RestoreStreamResult } from './restore-stream.js';
+import { everythingIsData, writeRestoreStream, type DataRanges, type RestoreStreamResult } from './restore-stream.js';
 
 export interface RestoreOptions {
   /** QMP socket of a QEMU started with -incoming defer. */
@@ -42,7 +44,7 @@ export interface RestoreResult {
   /** The mapped block (mapped mode). */
   mapped?: { block: string; usedLength: number; pagesOffset: number; found: string };
   /** The small stream: what it held, and its allocated bytes (the mapped blocks' page regions in it are holes). */
-  stream?: RestoreStreamResult & { bytes: number };
+  stream?: RestoreStreamResult & { bytes: number; holeMap: HoleMapKind | 'given' };
   /** From the start of restore() to QEMU's `completed`. */
   elapsedMs: number;
   /** QEMU's run state afterwards (running unless it was started with -S). */
@@ -80,8 +82,15 @@ export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: R
         // Private to this user: the stream holds the small blocks' memory.
         scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-restore-'));
         const streamPath = path.join(scratch, 'stream');
-        const written = await writeRestoreStream(snap, new Set([plan.block.name]), streamPath, o.dataRanges);
-        stream = { ...written, bytes: fs.statSync(streamPath).blocks * 512 };
+        // Stale pages are looked for only where the snapshot holds data: a 64 GiB guest's holes are not read.
+        const map = o.dataRanges || !(snap.source instanceof FileSource) ? undefined : await HoleMap.open(snap.source.fd, file);
+        try {
+          const dataRanges = o.dataRanges ?? (map ? (a: number, b: number) => map.dataExtents(a, b) : everythingIsData);
+          const written = await writeRestoreStream(snap, new Set([plan.block.name]), streamPath, dataRanges);
+          stream = { ...written, bytes: fs.statSync(streamPath).blocks * 512, holeMap: map?.kind ?? (o.dataRanges ? 'given' : 'none') };
+        } finally {
+          map?.close();
+        }
         uri = `file:${streamPath}`;
       } else {
         uri = `file:${file}${snap.model.streamOffset ? `,offset=${snap.model.streamOffset}` : ''}`;

@@ -5,7 +5,7 @@
 export { Snapshot, type OpenOptions, type PresentRun } from './reader/snapshot.js';
 export type { SnapshotModel, RamBlock, SectionRecord, CommandRecord, DeviceState, Finding } from './reader/model.js';
 export { FileSource, BufferSource, VirtualSource, type RandomAccessSource } from './reader/source.js';
-export { extractBlock, blockFileName, blockFileNames, type ExtractOptions, type ExtractResult } from './reader/extract.js';
+export { extractBlock, extractBlocks, blockFileName, blockFileNames, type ExtractOptions, type ExtractOutput, type ExtractResult } from './reader/extract.js';
 export { RamsnapError, RamsnapFormatError, RamsnapUsageError, RamsnapIoError, FormatCode } from './format/errors.js';
 export * as constants from './format/constants.js';
 export { bitmapBytes, bitRuns, countBits, testBit } from './format/bitmap.js';
@@ -18,6 +18,8 @@ export { encodeTail, type DeviceState as StreamDeviceState } from './format/tail
 export { SnapshotWriter, TEMP_MARK, type WriterOptions } from './writer/snapshot-writer.js';
 export { LegacyWriter, type LegacyWriterOptions } from './writer/legacy-writer.js';
 export { deviceStateOf } from './writer/template.js';
+export { DEFAULT_OUTPUT_MODE, type OutputOptions } from './writer/sink.js';
+export { undoPending } from './writer/cleanup.js';
 export { createSnapshot, type CreateOptions, type CreateResult } from './writer/create.js';
 export { convertSnapshot, type ConvertOptions, type ConvertResult } from './writer/convert.js';
 export { patchSnapshot, type PatchOptions, type PatchResult } from './writer/patch.js';

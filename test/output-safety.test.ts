@@ -26,6 +26,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Qemu, qemuAvailable } from '../fixtures/qemu.js';
 import { SnapshotWriter } from '../writer/snapshot-writer.js';
 import type { Job } from './helpers/crash-child.js';
 import { pageBytes } from './helpers/synth.js';
@@ -241,6 +242,39 @@ describe('13.2 who may read an output', () => {
     expect((await ramsnap(['patch', f, '--block', 'pc.ram', '--at', '0', '--fill', '7', '--length', '4096'])).code).toBe(0);
     expect(modeOf(f).toString(8)).toBe('640');
   });
+
+  it.skipIf(!qemuAvailable())('13.2 save: the snapshot is 0600, or --mode, and a replaced one keeps its mode (QEMU 10)', async () => {
+    const d = scratch('save-mode');
+    const ram = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : d, `ramsnap-outsafe-${process.pid}.ram`);
+    const sock = path.join(d, 'save.qmp');
+    const q = await Qemu.start({
+      binary: 'qemu-system-x86_64',
+      dir: d,
+      args: ['-machine', 'pc', '-accel', 'tcg', '-m', '64M', '-object', `memory-backend-file,id=pc.ram,size=64M,mem-path=${ram},share=on`, '-machine', 'memory-backend=pc.ram', '-qmp', `unix:${sock},server=on,wait=off`],
+    });
+    try {
+      // QEMU saves a guest once per pause ("postmigrate"): let it run again before each save.
+      const save = async (out: string, ...more: string[]): Promise<Run> => {
+        const r = await ramsnap(['save', '--qmp', sock, '-o', out, '--then', 'stop', '--max-bandwidth', '0', '-q', ...more]);
+        await q.cmd('cont');
+        return r;
+      };
+      const plain = path.join(d, 'plain.snap');
+      const r = await save(plain);
+      expect(r.code, r.stderr).toBe(0);
+      expect(modeOf(plain).toString(8)).toBe('600');
+      const wide = path.join(d, 'wide.snap');
+      expect((await save(wide, '--mode', '0640')).code).toBe(0);
+      expect(modeOf(wide).toString(8)).toBe('640');
+      fs.chmodSync(plain, 0o604);
+      expect((await save(plain, '--force')).code).toBe(0);
+      expect(modeOf(plain).toString(8)).toBe('604');
+      expect(fs.readdirSync(d).filter((n) => n.includes('.ramsnap-'))).toEqual([]);
+    } finally {
+      await q.kill();
+      fs.rmSync(ram, { force: true });
+    }
+  }, 120_000);
 
   it('13.2 a writer\'s temporary file is 0600 while it is written (umask 022)', async () => {
     const d = scratch('temp-mode');

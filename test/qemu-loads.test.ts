@@ -301,6 +301,23 @@ describe('13.9 iterable sections of their own format', () => {
     expect(keys.length).toBeGreaterThan(10);
   });
 
+  it('13.9 s390x: s390-storage_attributes is read; the file verifies and extracts what pmemsave shows', async () => {
+    const { snap, pmem, entry } = await fixtureFiles('s390x-s390-ccw-mapped-ram');
+    await expectVerifies(snap, []);
+    const s = await Snapshot.open(snap);
+    try {
+      const parts = s.model.sections.filter((x) => x.name === 's390-storage_attributes');
+      expect(parts[0].kind).toBe('start');
+      expect(parts[parts.length - 1].kind).toBe('end');
+      // Under TCG the parts hold only EOS; the END holds DONE and EOS (s390-stattrib.c cmma_save with final set).
+      const end = parts[parts.length - 1];
+      expect(end.end - end.offset).toBe(5 + 8 + 8 + 5);
+    } finally {
+      await s.close();
+    }
+    await expectExtractEqualsPmem(entry, snap, pmem);
+  });
+
   it('13.9 spapr/htab entries are passed by their counts: valid ones carry 16 bytes each, invalid ones none', async () => {
     const entries = [new Uint8Array(16).fill(1), new Uint8Array(16).fill(2), new Uint8Array(16).fill(3)];
     const parts = [htab.size(18), htab.chunks([[0, entries, 5], [100, [], 7]]), htab.chunks([[16380, entries.slice(0, 1), 3]])];
@@ -562,13 +579,14 @@ const RESTORED: [string, string, () => Promise<{ file: string; entry: CatalogEnt
   ['13.7', 'q35-suppress-vmdesc', () => committed('q35-suppress-vmdesc')],
   ['13.8', 'q35-no-section-footer', () => committed('q35-no-section-footer')],
   ['13.9', 'ppc64-pseries-mapped-ram', () => committed('ppc64-pseries-mapped-ram')],
+  ['13.9', 's390x-s390-ccw-mapped-ram', () => committed('s390x-s390-ccw-mapped-ram')],
   // The x86 fixtures with a description were saved under KVM (a kvmclock section TCG cannot load): aarch64 virt's was not.
   ['13.10', 'aarch64-virt-mapped-ram', async () => copyWith('aarch64-virt-mapped-ram', TRAILING)],
 ];
 
 describe('QEMU restores the files ramsnap now accepts', () => {
   for (const [item, name, make] of RESTORED) {
-    const binary = name.startsWith('ppc64') ? 'qemu-system-ppc64' : name.startsWith('aarch64') ? 'qemu-system-aarch64' : 'qemu-system-x86_64';
+    const binary = `qemu-system-${name.startsWith('q35') ? 'x86_64' : name.split('-')[0]}`;
     const title = `${item} a fresh QEMU restores ${name}${item === '13.10' ? ' with bytes after its description' : ''} to the memory ramsnap extracts`;
     if (!qemuAvailable(binary)) {
       it.skip(`${title} (skipped: ${binary} is not installed)`, () => {});

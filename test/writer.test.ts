@@ -33,8 +33,11 @@ async function rewrite(from: Snapshot, out: string): Promise<void> {
 
 describe('SnapshotWriter', () => {
   // QEMU's layout, reproduced: the same pages and device state give QEMU's own file, byte for byte.
-  // Not pseries: QEMU interleaves spapr/htab's parts with the RAM section's, ramsnap's writer puts them after the RAM END.
-  const plain = loadCatalog().fixtures.filter((f) => f.mappedRam && f.streamOffset === 0 && !f.name.includes('live') && !f.name.includes('multifd4') && f.arch !== 'ppc64');
+  // Not pseries and s390x: QEMU interleaves their iterable sections' parts (spapr/htab, storage attributes)
+  // with the RAM section's, ramsnap's writer puts them after the RAM END.
+  const plain = loadCatalog().fixtures.filter(
+    (f) => f.mappedRam && f.streamOffset === 0 && !f.name.includes('live') && !f.name.includes('multifd4') && f.arch !== 'ppc64' && f.arch !== 's390x',
+  );
   for (const f of plain) {
     it(`rebuilds ${f.name} byte for byte as QEMU wrote it`, async () => {
       const { snap } = await fixtureFiles(f.name);

@@ -23,8 +23,10 @@ import { findDescriptionBeforeTrailing } from './tail.js';
 export const MAX_DEVICE_SECTION = 64 << 20;
 /** First window a device section is decoded from (grown 4x at a time up to MAX_DEVICE_SECTION): real ones are KiB. */
 const DEVICE_WINDOW = 64 * 1024;
-/** Bytes searched at a time for a footer. */
-const STEP_WINDOW = 64 * 1024;
+/** Bytes searched for a footer at most at a time (what the reader's window holds)... */
+const STEP_WINDOW = 256 * 1024;
+/** ...and at least, besides the lookahead. */
+const STEP_MIN = 4096;
 /** Bytes a candidate footer needs after it to be judged: the footer and the longest FULL header. */
 const STEP_LOOKAHEAD = 5 + 1 + 4 + 1 + 255 + 4 + 4;
 /** Errors that say a description does not fit the device sections. */
@@ -131,29 +133,35 @@ async function decodeSection(w: WalkState, rec: SectionRecord, desc: VmDescripti
  * file is never accepted on a wrong split.
  */
 async function stepToFooter(w: WalkState, rec: SectionRecord): Promise<void> {
-  const size = w.source.size;
-  const start = w.r.pos;
-  const end = Math.min(size, start + MAX_DEVICE_SECTION + STEP_LOOKAHEAD);
+  const r = w.r;
+  const start = r.pos;
+  const limit = Math.min(w.source.size, start + MAX_DEVICE_SECTION + STEP_LOOKAHEAD);
   const footer = Buffer.alloc(5);
   footer[0] = Section.FOOTER;
   footer.writeUInt32BE(rec.sectionId, 1);
-  const buffer = new Uint8Array(STEP_WINDOW + STEP_LOOKAHEAD);
   let eofThenBytes = -1;
-  for (let from = start; from < end; from += STEP_WINDOW) {
-    const n = Math.min(buffer.length, end - from);
-    const chunk = await w.source.read(from, n, `section[${rec.name}]`, buffer);
-    const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, n);
-    // Candidates in the lookahead belong to the next window, unless this one reaches the end.
-    const last = from + n >= end ? n : STEP_WINDOW;
+  // Searched in the reader's window, refilled only when less than a step is left in it: consecutive
+  // small sections are found without reading the stream again (a 64 KiB read per section of a
+  // million tiny ones would read 64 GB).
+  for (let from = start; from < limit; ) {
+    r.pos = from;
+    const c = await r.cursor(STEP_MIN + STEP_LOOKAHEAD, STEP_WINDOW);
+    const bytes = Buffer.from(c.bytes.buffer, c.bytes.byteOffset, c.bytes.byteLength);
+    // A candidate needs STEP_LOOKAHEAD bytes after it to be judged, unless the file (or the bound) ends first.
+    const reachesEnd = from + bytes.length >= limit;
+    const last = reachesEnd ? bytes.length : bytes.length - STEP_LOOKAHEAD;
     for (let i = bytes.indexOf(footer); i >= 0 && i < last; i = bytes.indexOf(footer, i + 1)) {
       if (from + i - start > MAX_DEVICE_SECTION) break;
       if (followsSection(w, rec, bytes, i + 5, from + i + 5)) {
-        w.r.pos = from + i;
+        r.pos = from + i;
         return;
       }
       if (eofThenBytes < 0 && bytes[i + 5] === Section.EOF) eofThenBytes = from + i + 5;
     }
+    if (reachesEnd) break;
+    from += last;
   }
+  r.pos = start;
   // Bytes after EOF (and no description) cannot be told from a device's own bytes that look like a footer and EOF.
   const hint = eofThenBytes >= 0 ? ` (its footer and EOF may be at ${eofThenBytes - 5}, followed by bytes that are not a device description)` : '';
   throw new RamsnapFormatError(

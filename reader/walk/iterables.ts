@@ -24,6 +24,11 @@ import {
 import type { SectionRecord } from '../model.js';
 import type { WalkState } from './state.js';
 
+/** Bytes of a part parsed at a time. */
+const CHUNK_WINDOW = 1 << 20;
+/** A storage-attribute record header with its count. */
+const STATTR_RECORD_MAX = 16;
+
 interface IterableFormat {
   version: number;
   /** The code of a body that breaks the format. */
@@ -76,58 +81,82 @@ async function htabBody(w: WalkState, rec: SectionRecord): Promise<void> {
     throw new RamsnapFormatError(FormatCode.BAD_HTAB, `${rec.name} sends entries before the size of its table`, { field: 'spapr/htab.header', offset: headerAt });
   }
   const slots = 2 ** w.htabShift / HASH_PTE_SIZE;
-  for (;;) {
-    const at = r.pos;
-    const c = await r.cursor(HTAB_CHUNK_HEADER);
-    const chunk = decodeHtabChunk(c);
+  // Chunks are parsed from the reader's window without an await each: a hostile part of millions of
+  // 8-byte chunks (invalid entries only) is then as cheap as legacy page records.
+  chunks: for (;;) {
+    // At least a chunk header, unless the file ends first (then the decode below is TRUNCATED).
+    const c = await r.cursor(HTAB_CHUNK_HEADER, CHUNK_WINDOW);
+    do {
+      const at = c.pos;
+      const chunk = decodeHtabChunk(c);
+      if (isHtabEndMarker(chunk)) {
+        r.commit(c);
+        return;
+      }
+      if (chunk.index + chunk.valid + chunk.invalid > slots) {
+        throw new RamsnapFormatError(FormatCode.BAD_HTAB, 'hash page table chunk lies past the end of the table', {
+          field: 'spapr/htab.chunk.index',
+          offset: at,
+          expected: `index + n_valid + n_invalid <= ${slots}`,
+          actual: `${chunk.index}+${chunk.valid}+${chunk.invalid}`,
+        });
+      }
+      const entries = chunk.valid * HASH_PTE_SIZE;
+      if (entries > c.remaining) {
+        // Past the window (or the file): skipped by offset, checked against the file size.
+        r.commit(c);
+        await r.skip(entries, 'spapr/htab.chunk.entries');
+        continue chunks;
+      }
+      c.skip(entries, 'spapr/htab.chunk.entries');
+    } while (c.remaining >= HTAB_CHUNK_HEADER);
     r.commit(c);
-    if (isHtabEndMarker(chunk)) return;
-    if (chunk.index + chunk.valid + chunk.invalid > slots) {
-      throw new RamsnapFormatError(FormatCode.BAD_HTAB, 'hash page table chunk lies past the end of the table', {
-        field: 'spapr/htab.chunk.index',
-        offset: at,
-        expected: `index + n_valid + n_invalid <= ${slots}`,
-        actual: `${chunk.index}+${chunk.valid}+${chunk.invalid}`,
-      });
-    }
-    await r.skip(chunk.valid * HASH_PTE_SIZE, 'spapr/htab.chunk.entries');
   }
 }
 
-/** One part of s390-storage_attributes: records up to EOS. */
+/** One part of s390-storage_attributes: records up to EOS, parsed from the window as spapr/htab's chunks are. */
 async function stattribBody(w: WalkState, rec: SectionRecord): Promise<void> {
   const r = w.r;
-  for (;;) {
-    const at = r.pos;
-    const flags = Number((await r.be64(`${rec.name}.record`)) & BigInt(STATTR_FLAG_MASK));
-    switch (flags) {
-      case StattrFlag.EOS:
+  const field = `${rec.name}.record`;
+  records: for (;;) {
+    // A record with its count (MORE) is 16 bytes: the window holds that much unless the file ends.
+    const c = await r.cursor(STATTR_RECORD_MAX, CHUNK_WINDOW);
+    do {
+      const at = c.pos;
+      const flags = Number(c.be64(field) & BigInt(STATTR_FLAG_MASK));
+      if (flags === StattrFlag.EOS) {
+        r.commit(c);
         return;
-      case StattrFlag.DONE:
-        break;
-      case StattrFlag.MORE: {
-        const countAt = r.pos;
-        const count = await r.be64(`${rec.name}.count`);
-        if (count > BigInt(r.size - r.pos)) {
-          throw new RamsnapFormatError(FormatCode.TRUNCATED, `file ends inside ${rec.name}.values`, {
-            field: `${rec.name}.values`,
-            offset: countAt,
-            expected: `${count} bytes`,
-            actual: r.size - r.pos,
-          });
-        }
-        await r.skip(Number(count), `${rec.name}.values`);
-        break;
       }
-      case StattrFlag.ERROR:
-        throw new RamsnapFormatError(FormatCode.BAD_STORAGE_ATTRIBUTES, 'the saving QEMU marked its storage attributes incomplete', { field: `${rec.name}.record`, offset: at });
-      default:
+      if (flags === StattrFlag.MORE) {
+        const countAt = c.pos;
+        const count = c.be64(`${rec.name}.count`);
+        if (count > BigInt(c.remaining)) {
+          // Past the window: skipped by offset; a count past the end of the file is a cut file, not an allocation.
+          r.commit(c);
+          if (count > BigInt(r.size - r.pos)) {
+            throw new RamsnapFormatError(FormatCode.TRUNCATED, `file ends inside ${rec.name}.values`, {
+              field: `${rec.name}.values`,
+              offset: countAt,
+              expected: `${count} bytes`,
+              actual: r.size - r.pos,
+            });
+          }
+          await r.skip(Number(count), `${rec.name}.values`);
+          continue records;
+        }
+        c.skip(Number(count), `${rec.name}.values`);
+      } else if (flags === StattrFlag.ERROR) {
+        throw new RamsnapFormatError(FormatCode.BAD_STORAGE_ATTRIBUTES, 'the saving QEMU marked its storage attributes incomplete', { field, offset: at });
+      } else if (flags !== StattrFlag.DONE) {
         throw new RamsnapFormatError(FormatCode.BAD_STORAGE_ATTRIBUTES, 'storage attribute record has unknown flags', {
-          field: `${rec.name}.record`,
+          field,
           offset: at,
           expected: 'one of 0x1 0x2 0x4 0x8',
           actual: `0x${flags.toString(16)}`,
         });
-    }
+      }
+    } while (c.remaining >= STATTR_RECORD_MAX);
+    r.commit(c);
   }
 }

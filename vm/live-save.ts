@@ -26,6 +26,7 @@ import { Snapshot } from '../reader/snapshot.js';
 import { copyBlock, mappedRamConfiguration, withConfiguration } from '../writer/convert.js';
 import { precopy, type PrecopyPolicy, type PrecopyResult, type PrecopyStats } from './precopy.js';
 import { QmpClient, type Json } from './qmp.js';
+import { parseRamblocks, waitForMigration, type RamblockRow } from './qemu-info.js';
 import { SharedFileSource, type SharedBlock } from './ram-source.js';
 import { realClock } from './sim-guest.js';
 import { onInterrupt } from '../writer/cleanup.js';
@@ -79,26 +80,6 @@ export interface LiveSaveResult {
 
 /** Target page size by QEMU target (query-target arch). */
 const TARGET_PAGE_SIZE: Record<string, number> = { sparc64: 8192, sparc: 4096, alpha: 8192 };
-
-interface RamblockRow {
-  name: string;
-  usedLength: number;
-}
-
-/**
- * Parses HMP `info ramblock`: a header line, then per block its name
- * (right-aligned, may hold spaces), page size ("4 KiB"), offset, used,
- * total, host address and ro/rw. Rows are in QEMU's RAMBlock list order,
- * which is the order migration writes blocks in.
- */
-export function parseRamblocks(text: string): RamblockRow[] {
-  const rows: RamblockRow[] = [];
-  for (const line of text.split(/\r?\n/)) {
-    const m = /^\s*(.+?)\s+\d+(?:\.\d+)?\s*[KMG]?i?B\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x[0-9a-f]+\s+0x[0-9a-f]+\s+r[ow]\s*$/i.exec(line);
-    if (m) rows.push({ name: m[1], usedLength: Number.parseInt(m[2], 16) });
-  }
-  return rows;
-}
 
 interface Discovered {
   machine: string;
@@ -187,21 +168,6 @@ function checkSameFile(file: string, memPath: string, block: string): void {
   }
   if (b && (a.dev !== b.dev || a.ino !== b.ino)) {
     throw new RamsnapUsageError('RAM_FILE', `block ${block}: ${file} is not the file QEMU maps (${memPath})`, 'ram');
-  }
-}
-
-async function waitMigration(qmp: QmpClient, signal?: AbortSignal): Promise<void> {
-  for (;;) {
-    const st = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
-    if (st.status === 'completed') return;
-    if (st.status === 'failed' || st.status === 'cancelled') {
-      throw new RamsnapError('QEMU_SAVE_FAILED', `QEMU's save of the device state ${st.status}: ${st['error-desc'] ?? 'no reason given'}`);
-    }
-    if (signal?.aborted) {
-      await qmp.execute('migrate_cancel').catch(() => undefined);
-      throw new RamsnapError('SAVE_ABORTED', 'the save was interrupted; nothing was left at the target');
-    }
-    await new Promise((r) => setTimeout(r, 5));
   }
 }
 
@@ -319,7 +285,14 @@ async function saveQemuPart(qmp: QmpClient, file: string, o: LiveSaveOptions): P
   if (o.qemuParameters && Object.keys(o.qemuParameters).length > 0) await qmp.execute('migrate-set-parameters', o.qemuParameters);
   fs.rmSync(file, { force: true });
   await qmp.execute('migrate', { uri: `file:${file}` });
-  await waitMigration(qmp, o.signal);
+  await waitForMigration(qmp, {
+    signal: o.signal,
+    failed: (why) => new RamsnapError('QEMU_SAVE_FAILED', `QEMU's save of the device state ${why}`),
+    onAbort: async () => {
+      await qmp.execute('migrate_cancel').catch(() => undefined);
+    },
+    aborted: () => new RamsnapError('SAVE_ABORTED', 'the save was interrupted; nothing was left at the target'),
+  });
 }
 
 interface Settings {

@@ -11,6 +11,7 @@
  * the machine's RAM with `-machine memory-backend=ID`; naming it after the
  * block gives the RAMBlock the block's name, so the stream matches it.
  */
+import { spawnSync } from 'node:child_process';
 import { RamsnapError, RamsnapUsageError } from '../format/errors.js';
 import { MAPPED_RAM_ALIGNMENT } from '../format/constants.js';
 import type { RamBlock } from '../reader/model.js';
@@ -26,8 +27,16 @@ export const MAIN_RAM_NAMES = ['pc.ram', 'mach-virt.ram', 'ppc_spapr.ram', 'risc
  */
 const NO_RAM_BACKEND = /^sun4[uv]/;
 
-/** mmap() maps whole host pages: the page region must start on one. */
-const HOST_PAGE_SIZE = 4096;
+/** mmap() maps whole host pages: the page region must start on one (4 KiB on x86; 16 or 64 KiB on some Arm and POWER hosts). */
+let hostPage: number | undefined;
+export function hostPageSize(): number {
+  if (hostPage === undefined) {
+    const r = spawnSync('getconf', ['PAGESIZE'], { encoding: 'utf8' });
+    const n = Number(r.stdout?.trim());
+    hostPage = r.status === 0 && Number.isInteger(n) && n > 0 ? n : 4096;
+  }
+  return hostPage;
+}
 
 /** Where restore found the block it maps. */
 export type MappedBlockSource = 'named' | 'machine RAM' | 'largest block';
@@ -70,11 +79,12 @@ export function planRestore(snap: Snapshot, snapshotPath: string, o: PlanRestore
   }
   const mr = block.mappedRam;
   if (!mr) throw unsupported(`block ${block.name} has no page region in the file`);
-  if (mr.pagesOffset % HOST_PAGE_SIZE !== 0) {
-    throw unsupported(`the page region of ${block.name} starts at ${mr.pagesOffset}, not on a ${HOST_PAGE_SIZE}-byte host page, so it cannot be mapped`);
+  const host = hostPageSize();
+  if (mr.pagesOffset % host !== 0) {
+    throw unsupported(`the page region of ${block.name} starts at ${mr.pagesOffset}, not on a ${host}-byte host page, so it cannot be mapped`);
   }
-  if (block.pageSize < HOST_PAGE_SIZE) {
-    throw unsupported(`block ${block.name} has ${block.pageSize}-byte pages, smaller than a host page`);
+  if (block.usedLength % host !== 0) {
+    throw unsupported(`block ${block.name} is ${block.usedLength} bytes, not a whole number of ${host}-byte host pages`);
   }
   const qemuArgs = [
     '-machine', `${machine},memory-backend=${block.name}`,

@@ -73,45 +73,49 @@ export async function writeRestoreStream(snap: Snapshot, mapped: ReadonlySet<str
 
 /**
  * Sets the bits of the pages of `block` that are clear in the snapshot but
- * not zero in its file, as zero pages of the small stream.
+ * not zero in its file, as zero pages of the small stream. The data extents
+ * of the page region are asked for once, in file order, and only their
+ * pages with a clear bit are read: the cost follows what the file holds,
+ * not the guest's size or how fragmented its bitmap is.
  */
 async function markStalePages(snap: Snapshot, block: RamBlock, writer: SnapshotWriter, dataRanges: DataRanges): Promise<{ pages: number; bytesScanned: number }> {
   const mr = block.mappedRam;
-  if (!mr || !block.bitmap) {
+  const bitmap = block.bitmap;
+  if (!mr || !bitmap) {
     throw new RamsnapFormatError(FormatCode.UNSUPPORTED, `block ${block.name} has no mapped-ram page region to map`, { field: `ramblock[${block.name}]`, offset: block.entryOffset });
   }
   const ps = block.pageSize;
   const buf = Buffer.alloc(Math.max(ps, Math.floor(STALE_SCAN_CHUNK / ps) * ps));
   const zeroPage = zeroPageOf(ps);
+  const field = `ramblock[${block.name}].pages`;
   let pages = 0;
   let bytesScanned = 0;
-  let scannedTo = 0;
-  const scanClear = async (first: number, count: number): Promise<void> => {
-    const from = mr.pagesOffset + first * ps;
-    const to = from + count * ps;
-    for await (const { start: a, end: b } of dataRanges(from, to)) {
-      // Whole pages around the data range (a range need not start on a page), each page scanned once.
-      let at = Math.max(scannedTo, from + Math.floor((Math.max(a, from) - from) / ps) * ps);
-      const end = from + Math.ceil((Math.min(b, to) - from) / ps) * ps;
-      while (at < end) {
-        const n = Math.min(buf.length, end - at);
-        await snap.source.read(at, n, `ramblock[${block.name}].pages`, buf.subarray(0, n));
-        bytesScanned += n;
-        for (const [p0, p1] of nonZeroRuns(buf, n / ps, zeroPage)) {
-          writer.zeroPagesPresent(block.name, (at - mr.pagesOffset) / ps + p0, p1 - p0);
-          pages += p1 - p0;
-        }
-        at += n;
+  /** Reads pages [first, end) and marks the non-zero ones. */
+  const scan = async (first: number, end: number): Promise<void> => {
+    for (let p = first; p < end; ) {
+      const n = Math.min(buf.length / ps, end - p);
+      await snap.source.read(mr.pagesOffset + p * ps, n * ps, field, buf.subarray(0, n * ps));
+      bytesScanned += n * ps;
+      for (const [p0, p1] of nonZeroRuns(buf, n, zeroPage)) {
+        writer.zeroPagesPresent(block.name, p + p0, p1 - p0);
+        pages += p1 - p0;
       }
-      scannedTo = Math.max(scannedTo, end);
+      p += n;
     }
   };
-  // The clear runs are the gaps between the set runs.
-  let next = 0;
-  for (const r of bitRuns(block.bitmap, 0, block.pages)) {
-    if (r.first > next) await scanClear(next, r.first - next);
-    next = r.first + r.count;
+  let done = 0; // pages before this are scanned (or present)
+  for await (const extent of dataRanges(mr.pagesOffset, mr.pagesOffset + block.usedLength)) {
+    // Whole pages around the extent (an extent need not start on a page), each page once.
+    const first = Math.max(done, Math.floor((extent.start - mr.pagesOffset) / ps));
+    const end = Math.min(block.pages, Math.ceil((extent.end - mr.pagesOffset) / ps));
+    // The clear runs inside the extent are the gaps between its set runs.
+    let next = first;
+    for (const r of bitRuns(bitmap, first, end)) {
+      if (r.first > next) await scan(next, r.first);
+      next = r.first + r.count;
+    }
+    if (next < end) await scan(next, end);
+    done = Math.max(done, end);
   }
-  if (next < block.pages) await scanClear(next, block.pages - next);
   return { pages, bytesScanned };
 }

@@ -18,7 +18,9 @@ import { RamsnapError } from '../format/errors.js';
 import { HoleMap, type HoleMapKind } from '../reader/holes.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { FileSource } from '../reader/source.js';
-import { parseRamblocks } from './live-save.js';
+import { onInterrupt } from '../writer/cleanup.js';
+import { processesMapping, type FileMapping } from '../writer/mapped.js';
+import { parseRamblocks, vhostUserNetdevs, waitForMigration } from './qemu-info.js';
 import { QmpClient } from './qmp.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { everythingIsData, writeRestoreStream, type DataRanges, type RestoreStreamResult } from './restore-stream.js';
@@ -34,8 +36,14 @@ export interface RestoreOptions {
   dataRanges?: DataRanges;
   /** Longest wait for QEMU's load (default 10 minutes). */
   timeoutMs?: number;
-  /** Aborts the load (SIGINT): QEMU's incoming migration is left failed, nothing else changes. */
+  /** Stops waiting for QEMU (SIGINT): RESTORE_ABORTED. QEMU itself goes on loading what it has open. */
   signal?: AbortSignal;
+  /** Called after the small stream is built and before QEMU loads anything: throw to stop (the CLI checks there that the file did not change while read). */
+  beforeLoad?: () => void;
+  /** Which processes map a file (default: /proc, writer/mapped.ts); a test stands in for QEMU's mapping here. */
+  mappedBy?: (file: string) => FileMapping[];
+  /** performance.now() at which the timing starts (default: when restoreSnapshot is called; the CLI passes 0, its process start). */
+  startedAt?: number;
 }
 
 export interface RestoreResult {
@@ -44,7 +52,7 @@ export interface RestoreResult {
   /** The mapped block (mapped mode). */
   mapped?: { block: string; usedLength: number; pagesOffset: number; found: string };
   /** The small stream: what it held, and its allocated bytes (the mapped blocks' page regions in it are holes). */
-  stream?: RestoreStreamResult & { bytes: number; holeMap: HoleMapKind | 'given' };
+  stream?: RestoreStreamResult & { bytes: number; holeMap: HoleMapKind | 'given'; holeMapReason?: string };
   /** From the start of restore() to QEMU's `completed`. */
   elapsedMs: number;
   /** QEMU's run state afterwards (running unless it was started with -S). */
@@ -66,40 +74,43 @@ function mismatch(field: string, message: string): RestoreTargetError {
 }
 
 export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: RestoreOptions): Promise<RestoreResult> {
-  const started = performance.now();
+  const started = o.startedAt ?? performance.now();
   const file = path.resolve(snapshotPath);
   // Mapping is checked before QMP is touched: a snapshot that cannot be mapped needs another QEMU command line.
   const plan = o.copy ? undefined : planRestore(snap, file, { ramBlock: o.ramBlock });
   const qmp = await QmpClient.connect(o.qmp);
   try {
-    const machine = await checkTarget(qmp, snap, plan, file);
+    const machine = await checkTarget(qmp, snap, plan, file, o.mappedBy ?? processesMapping);
     const caps = streamCapabilities(snap);
     let uri: string;
     let stream: RestoreResult['stream'];
     let scratch: string | undefined;
+    let forgetScratch: (() => void) | undefined;
     try {
       if (plan) {
-        // Private to this user: the stream holds the small blocks' memory.
-        scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-restore-'));
-        const streamPath = path.join(scratch, 'stream');
-        // Stale pages are looked for only where the snapshot holds data: a 64 GiB guest's holes are not read.
-        const map = o.dataRanges || !(snap.source instanceof FileSource) ? undefined : await HoleMap.open(snap.source.fd, file);
-        try {
-          const dataRanges = o.dataRanges ?? (map ? (a: number, b: number) => map.dataExtents(a, b) : everythingIsData);
-          const written = await writeRestoreStream(snap, new Set([plan.block.name]), streamPath, dataRanges);
-          stream = { ...written, bytes: fs.statSync(streamPath).blocks * 512, holeMap: map?.kind ?? (o.dataRanges ? 'given' : 'none') };
-        } finally {
-          map?.close();
-        }
+        // Private to this user (0700): the stream holds the small blocks' memory. Registered for removal
+        // if a signal ends the process, removed below in any other case.
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-restore-'));
+        scratch = dir;
+        forgetScratch = onInterrupt(() => fs.rmSync(dir, { recursive: true, force: true }));
+        const streamPath = path.join(dir, 'stream');
+        stream = await buildStream(snap, plan, streamPath, file, o.dataRanges);
         uri = `file:${streamPath}`;
       } else {
         uri = `file:${file}${snap.model.streamOffset ? `,offset=${snap.model.streamOffset}` : ''}`;
       }
+      o.beforeLoad?.();
       await qmp.execute('migrate-set-capabilities', { capabilities: caps.map(([capability, state]) => ({ capability, state })) });
       await qmp.execute('migrate-incoming', { uri, 'exit-on-error': false });
-      await waitIncoming(qmp, o.timeoutMs ?? 600_000, o.signal);
+      await waitForMigration(qmp, {
+        timeoutMs: o.timeoutMs ?? 600_000,
+        signal: o.signal,
+        failed: (why) => new RamsnapError('RESTORE_FAILED', `QEMU's load failed: ${why}`),
+        aborted: () => new RamsnapError('RESTORE_ABORTED', 'the restore was interrupted; QEMU goes on loading what it has open, so quit that QEMU and start again'),
+      });
     } finally {
       if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
+      forgetScratch?.();
     }
     const elapsedMs = performance.now() - started;
     const status = (await qmp.execute<{ status: string }>('query-status')).status;
@@ -116,6 +127,23 @@ export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: R
   }
 }
 
+/** Builds the small stream, looking for stale pages only in the snapshot's data extents (reader/holes.ts). */
+async function buildStream(snap: Snapshot, plan: RestorePlan, streamPath: string, file: string, given?: DataRanges): Promise<NonNullable<RestoreResult['stream']>> {
+  const map = given || !(snap.source instanceof FileSource) ? undefined : await HoleMap.open(snap.source.fd, file);
+  try {
+    const dataRanges = given ?? (map ? (a: number, b: number) => map.dataExtents(a, b) : everythingIsData);
+    const written = await writeRestoreStream(snap, new Set([plan.block.name]), streamPath, dataRanges);
+    return {
+      ...written,
+      bytes: fs.statSync(streamPath).blocks * 512,
+      holeMap: given ? 'given' : (map?.kind ?? 'none'),
+      ...(map?.reason ? { holeMapReason: map.reason } : {}),
+    };
+  } finally {
+    map?.close();
+  }
+}
+
 /** The capabilities the stream needs, as QEMU's loader compares them with its own: every one the file records, and mapped-ram either way. */
 function streamCapabilities(snap: Snapshot): [string, boolean][] {
   const recorded = snap.model.configuration?.capabilities ?? [];
@@ -125,7 +153,7 @@ function streamCapabilities(snap: Snapshot): [string, boolean][] {
 }
 
 /** Checks the target against the snapshot; returns its machine type. */
-async function checkTarget(qmp: QmpClient, snap: Snapshot, plan: RestorePlan | undefined, file: string): Promise<string> {
+async function checkTarget(qmp: QmpClient, snap: Snapshot, plan: RestorePlan | undefined, file: string, mappedBy: (file: string) => FileMapping[]): Promise<string> {
   const status = await qmp.execute<{ status: string }>('query-status');
   if (status.status !== 'inmigrate') {
     throw mismatch('status', `QEMU is ${status.status}, not waiting for an incoming migration: start it with -incoming defer`);
@@ -141,19 +169,21 @@ async function checkTarget(qmp: QmpClient, snap: Snapshot, plan: RestorePlan | u
   for (const b of snap.blocks) {
     const row = rows.find((r) => r.name === b.name);
     if (!row) throw mismatch('blocks', `QEMU has no RAM block ${JSON.stringify(b.name)} (it has ${rows.map((r) => r.name).join(', ')})`);
-    if (row.usedLength !== b.usedLength) {
+    // QEMU's loader resizes a resizable block (its Total, the most it can hold, exceeds what it uses) to the stream's length.
+    const resizable = row.maxLength > row.usedLength && b.usedLength <= row.maxLength;
+    if (row.usedLength !== b.usedLength && !resizable) {
       throw mismatch('blocks', `RAM block ${b.name} is ${row.usedLength} bytes in QEMU and ${b.usedLength} in the snapshot (is -m right?)`);
     }
   }
   if (plan) {
-    await checkBackend(qmp, plan, file);
+    await checkBackend(qmp, plan, file, mappedBy);
     await checkNoSharedMemoryDevices(qmp);
   }
   return type;
 }
 
 /** The mapped block must be the machine's RAM, on a private read-only mapping of this file at the block's page region. */
-async function checkBackend(qmp: QmpClient, plan: RestorePlan, file: string): Promise<void> {
+async function checkBackend(qmp: QmpClient, plan: RestorePlan, file: string, mappedBy: (file: string) => FileMapping[]): Promise<void> {
   const id = plan.block.name;
   const hint = `start QEMU with ${plan.qemuArgs.join(' ')}`;
   const objects = await qmp.execute<{ name: string; type: string }[]>('qom-list', { path: '/objects' });
@@ -163,9 +193,16 @@ async function checkBackend(qmp: QmpClient, plan: RestorePlan, file: string): Pr
   }
   const get = <T>(property: string): Promise<T> => qmp.execute<T>('qom-get', { path: `/objects/${id}`, property });
   const memPath = await get<string>('mem-path');
+  // QEMU resolved a relative path against its own directory, which is not ours to know.
+  if (!path.isAbsolute(memPath)) throw mismatch('backend', `backend ${id} names its file by a relative path (${memPath}): give mem-path as an absolute path`);
   if (!sameFile(memPath, file)) throw mismatch('backend', `backend ${id} maps ${memPath}, not the snapshot ${file}`);
   const offset = await get<number>('offset');
   if (offset !== plan.pagesOffset) throw mismatch('backend', `backend ${id} maps the file at offset ${offset}; ${id}'s pages are at ${plan.pagesOffset}`);
+  // The path names this file now; a snapshot replaced by rename since QEMU started would leave QEMU mapping the old one.
+  // What counts is what is mapped: some process must map this very file (device and inode) at the page region.
+  if (!mappedBy(file).some((m) => m.offsets.includes(plan.pagesOffset))) {
+    throw mismatch('backend', `no process maps ${file} at offset ${plan.pagesOffset}: QEMU maps another file of that name (was the snapshot replaced after QEMU started?)`);
+  }
   if (await get<boolean>('share')) {
     // A shared mapping would write the guest's memory into the snapshot.
     throw mismatch('backend', `backend ${id} is share=on: the guest would write into the snapshot (use share=off)`);
@@ -190,6 +227,11 @@ async function checkNoSharedMemoryDevices(qmp: QmpClient): Promise<void> {
       throw mismatch('devices', `device ${dev.name} (${dev.type.slice(6, -1)}) needs guest RAM shared with another process (share=on), which a private mapping of the snapshot cannot give: use --copy into shared RAM`);
     }
   }
+  // A vhost-user network backend sits behind an ordinary virtio-net device: only the network list names it.
+  const netdevs = vhostUserNetdevs(await qmp.hmp('info network').catch(() => ''));
+  if (netdevs.length) {
+    throw mismatch('devices', `network backend ${netdevs[0]} is vhost-user, which needs guest RAM shared with another process (share=on): a private mapping of the snapshot cannot give that; use --copy into shared RAM`);
+  }
 }
 
 /** Same device and inode, so a path spelled another way still counts. */
@@ -203,19 +245,6 @@ function sameFile(a: string, b: string): boolean {
   }
 }
 
-async function waitIncoming(qmp: QmpClient, timeoutMs: number, signal?: AbortSignal): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const st = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
-    if (st.status === 'completed') return;
-    if (st.status === 'failed' || st.status === 'cancelled') {
-      throw new RamsnapError('RESTORE_FAILED', `QEMU's load ${st.status}: ${st['error-desc'] ?? 'no reason given (see QEMU\'s log)'}`);
-    }
-    if (signal?.aborted) throw new RamsnapError('RESTORE_ABORTED', 'the restore was interrupted; QEMU may hold part of the snapshot: start it again');
-    if (performance.now() > deadline) throw new RamsnapError('RESTORE_FAILED', `QEMU did not finish loading within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
 
 /** Bytes read at a time by prefetch: large reads, one buffer. */
 const PREFETCH_CHUNK = 4 << 20;

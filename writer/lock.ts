@@ -27,6 +27,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { RamsnapIoError, StateCode, ioError } from '../format/errors.js';
 import { onInterrupt } from './cleanup.js';
+import { processesMapping } from './mapped.js';
 
 export const LOCK_SUFFIX = '.ramsnap-lock';
 /** Temporary files beside a target: `.NAME.ramsnap-tmp-PID-HEX` (the writer's, QEMU's part of a save, a lock being made). */
@@ -197,7 +198,9 @@ export class TargetLock {
     if (taken) {
       // Holding the lock, no ramsnap writer of this target runs but us: what killed ones left can go.
       removeStaleTemps(path.dirname(lockPath), path.basename(path.resolve(target)));
-      return new TargetLock(target, lockPath, me.token);
+      const lock = new TargetLock(target, lockPath, me.token);
+      refuseMapped(target, lock);
+      return lock;
     }
     const again = staleOwner(lockPath);
     throw lockedError(target, lockPath, again === 'gone' ? undefined : again.owner);
@@ -311,3 +314,19 @@ export function removeStaleTemps(dir: string, name: string): void {
     }
   }
 }
+
+/**
+ * A file that a running process maps (a VM restored from it by `ramsnap
+ * restore`) is not changed or replaced: a private mapping still shows the
+ * file in every page the guest has not written, so a change would reach a
+ * running guest's memory. Checked with the lock held (releasing it when
+ * refusing).
+ */
+function refuseMapped(target: string, lock: TargetLock): void {
+  const users = processesMapping(target);
+  if (users.length === 0) return;
+  lock.release();
+  const who = users.map((u) => `pid ${u.pid}${u.command ? ` (${u.command})` : ''}`).join(', ');
+  throw new RamsnapIoError('FILE_MAPPED', `${target} is mapped by ${who}: a VM running from it would see the change; stop it (or write another file) first`, target);
+}
+

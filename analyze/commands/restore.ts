@@ -4,6 +4,7 @@ import { RamsnapUsageError } from '../../format/errors.js';
 import { planRestore, shellWords } from '../../vm/restore-plan.js';
 import { prefetch, restoreSnapshot, type RestoreResult } from '../../vm/restore.js';
 import { bytes, printable } from '../human.js';
+import { interruptSignal } from '../interrupt.js';
 import { openGuarded } from '../open.js';
 import { openOptions, withCommon, type CommonArgs } from '../options.js';
 
@@ -26,6 +27,7 @@ export function builder(y: Argv): Argv<RestoreArgs> {
     .option('ram-block', { type: 'string', describe: 'the block to map (default: the machine\'s RAM, e.g. pc.ram or mach-virt.ram, else the largest block)' })
     .option('prefetch', { type: 'boolean', describe: 'after the load, read the mapped block\'s present pages into the page cache while the guest runs, so its first touches do not wait for the disk (the command returns when done)' })
     .conflicts('print-qemu-args', 'qmp')
+    .conflicts('print-qemu-args', 'prefetch')
     .conflicts('prefetch', 'copy')
     .conflicts('print-qemu-args', 'copy')
     .example('$0 restore vm.snap --print-qemu-args', 'the -machine, -m and -object arguments for QEMU')
@@ -50,24 +52,28 @@ export async function handler(args: ArgumentsCamelCase<RestoreArgs>): Promise<vo
       }
       return;
     }
-    // Ctrl-C stops the wait for QEMU (RESTORE_ABORTED) or ends the prefetch early.
-    const ac = new AbortController();
-    const onSignal = (): void => ac.abort();
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    try {
-      const r = await restoreSnapshot(snap, file, { qmp: args.qmp as string, copy: args.copy, ramBlock: args.ramBlock, signal: ac.signal });
-      guard.check(snap.model.streamOffset);
-      if (!args.json) process.stdout.write(`${printable(file)}: restored ${r.machine} in ${r.elapsedMs.toFixed(0)} ms: ${describeLoad(r)}; guest ${r.status}\n`);
-      const pre = args.prefetch && r.mapped ? await prefetch(snap, r.mapped.block, ac.signal) : undefined;
-      if (pre && !args.json) process.stdout.write(`prefetched ${bytes(pre.bytes)} of ${r.mapped?.block} into the page cache in ${pre.ms.toFixed(0)} ms\n`);
-      if (args.json) {
-        const round = (ms: number): number => Math.round(ms * 10) / 10;
-        process.stdout.write(JSON.stringify({ file, ...r, elapsedMs: round(r.elapsedMs), ...(pre ? { prefetch: { bytes: pre.bytes, ms: round(pre.ms) } } : {}) }, null, 2) + '\n');
-      }
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+    // The first Ctrl-C or SIGTERM stops the wait for QEMU (RESTORE_ABORTED) or ends the prefetch early; the small
+    // stream is removed either way, and a second signal ends the process at once (analyze/interrupt.ts).
+    const signal = interruptSignal();
+    const r = await restoreSnapshot(snap, file, {
+      qmp: args.qmp as string,
+      copy: args.copy,
+      ramBlock: args.ramBlock,
+      signal,
+      // The whole command, from the process's start.
+      startedAt: 0,
+      // What was read into the small stream is what the file held: checked before QEMU loads it.
+      beforeLoad: () => guard.check(snap.model.streamOffset),
+    });
+    if (r.stream?.holeMap === 'none') {
+      process.stderr.write(`note: no hole map (${printable(r.stream.holeMapReason ?? 'unavailable')}): every byte under a clear bit was read to find stale pages\n`);
+    }
+    if (!args.json) process.stdout.write(`${printable(file)}: restored ${r.machine} in ${r.elapsedMs.toFixed(0)} ms: ${describeLoad(r)}; guest ${r.status}\n`);
+    const pre = args.prefetch && r.mapped && !signal.aborted ? await prefetch(snap, r.mapped.block, signal) : undefined;
+    if (pre && !args.json) process.stdout.write(`prefetched ${bytes(pre.bytes)} of ${r.mapped?.block} into the page cache in ${pre.ms.toFixed(0)} ms\n`);
+    if (args.json) {
+      const round = (ms: number): number => Math.round(ms * 10) / 10;
+      process.stdout.write(JSON.stringify({ file, ...r, elapsedMs: round(r.elapsedMs), ...(pre ? { prefetch: { bytes: pre.bytes, ms: round(pre.ms) } } : {}) }, null, 2) + '\n');
     }
   } finally {
     await snap.close();

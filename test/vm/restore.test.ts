@@ -131,7 +131,7 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     expect(json).toMatchObject({ block: 'pc.ram', found: 'machine RAM', pagesOffset });
   });
 
-  it('q35, booted: memory equals the source, the guest runs on, the file is unchanged', { timeout: 120_000 }, async () => {
+  it('q35, booted: memory equals the source; after cont and a while running, the file is unchanged', { timeout: 120_000 }, async () => {
     const before = sha(booted.snap);
     const dst = await start(await qemuArgs(booted.snap), true);
     const r = await cli(['restore', booted.snap, '--qmp', dstSocket(dst), '--json']);
@@ -171,6 +171,30 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     await third.pmemsave(pm, MEM);
     expect(differingPages(fs.readFileSync(pm), fs.readFileSync(booted.pmem), MEM)).toEqual([]);
     await third.quit();
+  });
+
+  it('writers refuse a file a running VM maps (patch, sparsify, convert --force onto it): FILE_MAPPED, file unchanged', { timeout: 120_000 }, async () => {
+    const dst = await start(await qemuArgs(booted.snap), true);
+    const r = await cli(['restore', booted.snap, '--qmp', dstSocket(dst)]);
+    expect(r.code, r.stderr).toBe(0);
+    const before = sha(booted.snap);
+    const other = path.join(work, 'other-for-convert.snap');
+    fs.copyFileSync(booted.snap, other);
+    for (const args of [
+      ['patch', booted.snap, '--block', 'pc.ram', '--at', '0x200000', '--fill', '0x55', '--length', '4k'],
+      ['sparsify', booted.snap],
+      ['convert', other, '-o', booted.snap, '--to', 'mapped-ram', '--force'],
+    ]) {
+      const w = await cli(args);
+      expect(w.code, args[0]).toBe(1);
+      expect(w.stderr.trim().split('\n'), args[0]).toHaveLength(1);
+      expect(w.stderr, args[0]).toMatch(/^ramsnap: FILE_MAPPED: .* is mapped by pid \d+ \(qemu-system-x86\)/);
+    }
+    expect(sha(booted.snap)).toBe(before);
+    await dst.quit();
+    // Once no VM maps it, the same patch goes through.
+    const ok = await cli(['patch', other, '--block', 'pc.ram', '--at', '0x200000', '--fill', '0x55', '--length', '4k']);
+    expect(ok.code, ok.stderr).toBe(0);
   });
 
   it('--prefetch reads the mapped block\'s present pages after the load', { timeout: 120_000 }, async () => {

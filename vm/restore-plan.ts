@@ -7,7 +7,8 @@
  * memory-backend-file with `offset=pages_offset` over the snapshot is the
  * block's memory. `share=off` makes the mapping private (copy-on-write: the
  * guest's writes never reach the file) and `readonly=on,rom=off` opens the
- * file read-only while keeping the mapping writable. The backend becomes
+ * file read-only while keeping the mapping writable; `reserve=off` charges
+ * the mapping only for the pages the guest writes. The backend becomes
  * the machine's RAM with `-machine memory-backend=ID`; naming it after the
  * block gives the RAMBlock the block's name, so the stream matches it.
  */
@@ -99,6 +100,9 @@ export function planRestore(snap: Snapshot, snapshotPath: string, o: PlanRestore
       'share=off',
       'readonly=on',
       'rom=off',
+      // MAP_NORESERVE: a private mapping is charged only for the pages the guest writes; without it the kernel
+      // refuses one larger than it can promise (a 64 GiB guest on a 24 GiB host), though nothing is copied up front.
+      'reserve=off',
     ].join(','),
   ];
   return { snapshot: snapshotPath, machine, block, found, pagesOffset: mr.pagesOffset, qemuArgs };

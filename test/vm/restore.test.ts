@@ -125,7 +125,7 @@ describe.skipIf(!qemuAvailable())('ramsnap restore maps a snapshot into QEMU', (
     const text = await cli(['restore', booted.snap, '--print-qemu-args']);
     expect(text.code, text.stderr).toBe(0);
     expect(text.stdout.trim()).toBe(
-      `-machine pc-q35-10.0,memory-backend=pc.ram -m 16M -object memory-backend-file,id=pc.ram,size=${MEM},mem-path=${booted.snap},offset=${pagesOffset},share=off,readonly=on,rom=off`,
+      `-machine pc-q35-10.0,memory-backend=pc.ram -m 16M -object memory-backend-file,id=pc.ram,size=${MEM},mem-path=${booted.snap},offset=${pagesOffset},share=off,readonly=on,rom=off,reserve=off`,
     );
     const json = JSON.parse((await cli(['restore', booted.snap, '--print-qemu-args', '--json'])).stdout);
     expect(json).toMatchObject({ block: 'pc.ram', found: 'machine RAM', pagesOffset });

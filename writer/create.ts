@@ -21,7 +21,7 @@ import { MAX_MACHINE_NAME } from '../format/configuration.js';
 import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../format/constants.js';
 import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
 import { LayoutError, checkBlocks } from '../format/layout.js';
-import { TARGETS, TARGET_NAMES, machineTarget, samePageRule, targetPageBitsFor, type TargetInfo } from '../format/target.js';
+import { TARGETS, TARGET_NAMES, machineAliasProblem, machineTarget, samePageRule, targetPageBitsFor, type TargetInfo } from '../format/target.js';
 import { HoleMap, type HoleMapKind } from '../reader/holes.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { openUnpatched, type ReadGuard } from './journal.js';
@@ -179,6 +179,8 @@ function checkMachineName(machine: unknown): void {
   if (typeof machine !== 'string' || !/^[\x21-\x7e]+$/.test(machine) || machine.length > MAX_MACHINE_NAME) {
     throw new RamsnapUsageError('BAD_MACHINE', `--machine must be a QEMU machine type (1 to ${MAX_MACHINE_NAME} printable ASCII characters, no spaces), got ${JSON.stringify(machine)}`, 'machine');
   }
+  const alias = machineAliasProblem(machine);
+  if (alias) throw new RamsnapUsageError('BAD_MACHINE', `--machine ${alias}`, 'machine');
 }
 
 const isPageSize = (ps: number): boolean => Number.isInteger(ps) && ps >= MIN_PAGE_SIZE && ps <= MAX_PAGE_SIZE && (ps & (ps - 1)) === 0;

@@ -132,15 +132,10 @@ async function rewrite(file: string, target: string, lock: TargetLock, o: Sparsi
     const copied = complement(rebuilt, m.fileSize);
     const tailStart = Math.max(0, ...rebuilt.map((r) => r.end));
 
-    temp = TempFile.create(target, { force: true, lock });
+    // The rewrite is the same file: it keeps the original's permission bits (a snapshot holds guest memory)
+    // and, when we may (root sparsifying a user's file), its owner, applied once the file is complete.
+    temp = TempFile.create(target, { force: true, lock, mode: before.mode & 0o777, owner: { uid: before.uid, gid: before.gid } });
     o.onTemp?.(temp.path);
-    // The new file keeps the original's permissions (a snapshot holds guest memory) and, when we may, its owner.
-    fs.chmodSync(temp.path, before.mode & 0o7777);
-    try {
-      fs.chownSync(temp.path, before.uid, before.gid);
-    } catch {
-      // Not root: the file is ours, as any file we write.
-    }
     const out = new SparseWriter(temp, blockSize);
     map = await HoleMap.open(fd, target);
     const buf = Buffer.allocUnsafe(CHUNK);

@@ -19,6 +19,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { RamsnapUsageError, ioError } from '../format/errors.js';
+import { nonZeroRuns, zeroPageOf } from '../format/zero-pages.js';
 import { TempFile, checkMode, checkOutput } from '../writer/sink.js';
 import type { RamBlock } from './model.js';
 import type { Snapshot } from './snapshot.js';
@@ -151,7 +152,7 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
   const sync = source.readSync !== undefined && (block.mappedRam !== undefined || opts.raw === true);
   const chunkPages = Math.max(1, Math.floor((opts.chunkBytes ?? (sync ? SYNC_CHUNK_BYTES : 1 << 20)) / ps));
   const concurrency = Math.max(1, opts.concurrency ?? 4);
-  const zeroPage = Buffer.alloc(ps);
+  const zeroPage = zeroPageOf(ps);
   let bytesWritten = 0;
   let bytesPresent = 0;
   let lastProgressAt = 0;
@@ -160,17 +161,6 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
   const chunks = opts.raw ? rawChunks(snap, block, chunkPages) : presentChunks(snap, block, chunkPages, limitPages);
   const field = `ramblock[${block.name}].pages`;
   const pagesOffset = block.mappedRam?.pagesOffset ?? 0;
-  // The first byte settles most pages; compare() checks the rest without a view per page.
-  const isZero = (buf: Buffer, p: number): boolean => buf[p * ps] === 0 && zeroPage.compare(buf, p * ps, (p + 1) * ps) === 0;
-  /** Runs [start, end) of non-zero pages among the first `n` of `buf`: what is written (all-zero pages stay holes). */
-  function* nonZeroRuns(buf: Buffer, n: number): Generator<[number, number]> {
-    for (let p = 0; p < n; ) {
-      while (p < n && isZero(buf, p)) p++;
-      const start = p;
-      while (p < n && !isZero(buf, p)) p++;
-      if (p > start) yield [start, p];
-    }
-  }
   const progress = (c: Chunk): void => {
     if (opts.onProgress && c.at + c.length - lastProgressAt >= 1 << 20) {
       lastProgressAt = c.at + c.length;
@@ -185,7 +175,7 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
     for (const c of chunks) {
       readSync(pagesOffset + c.at, c.length, field, buf);
       bytesPresent += c.length;
-      for (const [start, end] of nonZeroRuns(buf, c.length / ps)) {
+      for (const [start, end] of nonZeroRuns(buf, c.length / ps, zeroPage)) {
         writeAllSync(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
         bytesWritten += (end - start) * ps;
       }
@@ -211,7 +201,7 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
         try {
           await reader(c, buf, scratch);
           bytesPresent += c.length;
-          for (const [start, end] of nonZeroRuns(buf, c.length / ps)) {
+          for (const [start, end] of nonZeroRuns(buf, c.length / ps, zeroPage)) {
             await writeAll(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
             bytesWritten += (end - start) * ps;
           }

@@ -11,6 +11,11 @@ import { MACHINE_ALIASES } from '../format/target.js';
 import { createSnapshot } from '../writer/create.js';
 import { LegacyWriter } from '../writer/legacy-writer.js';
 import { SnapshotWriter } from '../writer/snapshot-writer.js';
+import { sparsifySnapshot } from '../writer/sparsify.js';
+import { testBit } from '../format/bitmap.js';
+import { isZeroRange } from '../format/zero-pages.js';
+import { Snapshot } from '../reader/snapshot.js';
+import { extractBlock } from '../reader/extract.js';
 import { pageBytes } from './helpers/synth.js';
 
 const PS = 4096;
@@ -88,5 +93,66 @@ describe('review 2: a replaced file keeps its mode, not its owner', () => {
     expect(cli(['sparsify', theirs]).code).toBe(0);
     const after = fs.statSync(theirs);
     expect([after.uid, after.gid, (after.mode & 0o777).toString(8)]).toEqual([4321, 4322, '640']);
+  });
+});
+
+describe('review 3: one zero-page test (format/zero-pages) in every writer and extract', () => {
+  /** Pages 0..7: zero, last byte only, zero, first byte only, zero, zero, a middle byte, zero. */
+  function pattern(): Buffer {
+    const b = Buffer.alloc(8 * PS);
+    b[2 * PS - 1] = 1;
+    b[3 * PS] = 2;
+    b[6 * PS + 1234] = 3;
+    return b;
+  }
+  const nonZero = [1, 3, 6];
+
+  it('review 3 SnapshotWriter, sparsify and extract tell a page with one non-zero byte (first, middle or last) from a zero page', async () => {
+    const file = fresh('zp.snap');
+    const w = await SnapshotWriter.create(file, { machine: 'pc-q35-10.0', pageSize: PS, blocks: [{ name: 'pc.ram', usedLength: 16 * PS }], fsync: false });
+    // Every page present first, then the pattern over pages 4..11: its zero pages lose their bit.
+    await w.writePages('pc.ram', 0, Buffer.alloc(16 * PS, 9));
+    await w.writePages('pc.ram', 4, pattern());
+    await w.finalize();
+    const want = Buffer.alloc(16 * PS, 9);
+    pattern().copy(want, 4 * PS);
+    const check = async (): Promise<void> => {
+      const s = await Snapshot.open(file);
+      const b = s.block('pc.ram');
+      const present = Array.from({ length: 16 }, (_, p) => testBit(b.bitmap!, p));
+      expect(present).toEqual(Array.from({ length: 16 }, (_, p) => p < 4 || p >= 12 || nonZero.includes(p - 4)));
+      const raw = fresh('zp.raw');
+      const r = await extractBlock(s, b, raw);
+      await s.close();
+      expect(fs.readFileSync(raw).equals(want)).toBe(true);
+      // Extract writes only non-zero pages: 8 of 9s plus the 3 pattern pages.
+      expect(r.bytesWritten).toBe(11 * PS);
+    };
+    await check();
+    const sp = await sparsifySnapshot(file, { fsync: false });
+    expect(sp.pagesCleared).toBe(0);
+    await check();
+  });
+
+  it('review 3 sparsify clears present pages that hold only zeros and keeps one whose last byte is set', async () => {
+    const file = fresh('stale.snap');
+    const w = await SnapshotWriter.create(file, { machine: 'pc-q35-10.0', pageSize: PS, blocks: [{ name: 'pc.ram', usedLength: 8 * PS }], fsync: false });
+    await w.writePages('pc.ram', 0, pattern());
+    // Pages written present with zero bytes (as a live save leaves them): set the bits directly.
+    w.zeroPagesPresent('pc.ram', 4, 2);
+    await w.finalize();
+    const r = await sparsifySnapshot(file, { fsync: false });
+    expect(r.pagesCleared).toBe(2);
+    expect(r.pagesKept).toBe(3);
+  });
+
+  it('review 3 isZeroRange compares any byte range without a view', () => {
+    const zero = Buffer.alloc(64);
+    const b = Buffer.alloc(100);
+    expect(isZeroRange(b, 10, 74, zero)).toBe(true);
+    b[73] = 1;
+    expect(isZeroRange(b, 10, 74, zero)).toBe(false);
+    expect(isZeroRange(b, 10, 73, zero)).toBe(true);
+    expect(isZeroRange(b, 5, 5, zero)).toBe(true);
   });
 });

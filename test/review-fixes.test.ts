@@ -16,6 +16,7 @@ import { testBit } from '../format/bitmap.js';
 import { isZeroRange } from '../format/zero-pages.js';
 import { Snapshot } from '../reader/snapshot.js';
 import { extractBlock } from '../reader/extract.js';
+import { HoleMap, SYSTEM_PERL, setSystemPerlPath } from '../reader/holes.js';
 import { pageBytes } from './helpers/synth.js';
 
 const PS = 4096;
@@ -154,5 +155,49 @@ describe('review 3: one zero-page test (format/zero-pages) in every writer and e
     expect(isZeroRange(b, 10, 74, zero)).toBe(false);
     expect(isZeroRange(b, 10, 73, zero)).toBe(true);
     expect(isZeroRange(b, 5, 5, zero)).toBe(true);
+  });
+});
+
+describe('review 4: the hole map runs /usr/bin/perl, not the first perl on PATH', () => {
+  it.skipIf(!fs.existsSync(SYSTEM_PERL))('review 4 a perl planted first on PATH is not run while /usr/bin/perl exists; without it, PATH is used and the map says so', async () => {
+    const bin = fresh('bin');
+    fs.mkdirSync(bin);
+    const marker = path.join(bin, 'ran');
+    // A "perl" that records that it ran, then behaves as perl.
+    fs.writeFileSync(path.join(bin, 'perl'), `#!/bin/sh\ntouch '${marker}'\nexec ${SYSTEM_PERL} "$@"\n`, { mode: 0o755 });
+    const img = fresh('holes.raw');
+    fs.writeFileSync(img, '');
+    fs.truncateSync(img, 4 << 20);
+    const fd = fs.openSync(img, 'r+');
+    fs.writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, 1 << 20);
+    const env = { ...process.env };
+    process.env = { ...env, PATH: `${bin}:${env.PATH ?? ''}` };
+    try {
+      const map = await HoleMap.open(fd, img);
+      expect(map.kind).toBe('seek-data');
+      expect(map.helper).toBe(SYSTEM_PERL);
+      expect((await map.extents(0, 4 << 20)).extents).toEqual([{ start: 1 << 20, end: (1 << 20) + 4096 }]);
+      map.close();
+      expect(fs.existsSync(marker)).toBe(false);
+
+      // /usr/bin/perl missing: the PATH one runs, and the map says which it used.
+      const was = setSystemPerlPath('/nonexistent/perl');
+      try {
+        const fallback = await HoleMap.open(fd, img);
+        expect(fallback.kind).toBe('seek-data');
+        expect(fallback.helper).toBe('perl from PATH (/nonexistent/perl is missing)');
+        fallback.close();
+        expect(fs.existsSync(marker)).toBe(true);
+        process.env = { ...env, PATH: '/nonexistent' };
+        const none = await HoleMap.open(fd, img);
+        expect(none.kind).toBe('none');
+        expect(none.reason).toMatch(/^perl from PATH \(\/nonexistent\/perl is missing\) could not be started/);
+      } finally {
+        setSystemPerlPath(was);
+      }
+    } finally {
+      process.env = env;
+      fs.closeSync(fd);
+    }
   });
 });

@@ -17,6 +17,7 @@ import { isZeroRange } from '../format/zero-pages.js';
 import { Snapshot } from '../reader/snapshot.js';
 import { extractBlock } from '../reader/extract.js';
 import { HoleMap, SYSTEM_PERL, setSystemPerlPath } from '../reader/holes.js';
+import { splitDev } from '../reader/source.js';
 import { pageBytes } from './helpers/synth.js';
 
 const PS = 4096;
@@ -198,6 +199,35 @@ describe('review 4: the hole map runs /usr/bin/perl, not the first perl on PATH'
     } finally {
       process.env = env;
       fs.closeSync(fd);
+    }
+  });
+});
+
+describe('review 5: block device numbers', () => {
+  /** glibc's gnu_dev_makedev. */
+  const makedev = (major: bigint, minor: bigint): bigint =>
+    (minor & 0xffn) | ((major & 0xfffn) << 8n) | ((minor & ~0xffn) << 12n) | ((major & ~0xfffn) << 32n);
+
+  it('review 5 splitDev decodes a large dev_t as glibc major()/minor() do (the minor no longer takes the major\'s high bits)', () => {
+    for (const [major, minor] of [
+      [8n, 1n],
+      [259n, 0n],
+      [0x12345n, 0x6789an],
+      [0xfffff_fffn, 0xfffff_fffn],
+      [0xabcn, 0x1_0000n],
+    ]) {
+      expect(splitDev(makedev(major, minor))).toEqual({ major, minor });
+    }
+    // /dev/sda on Linux: 8:0.
+    expect(splitDev(0x800n)).toEqual({ major: 8n, minor: 0n });
+  });
+
+  it.skipIf(process.platform !== 'linux')('review 5 splitDev agrees with stat(1) on this machine\'s devices', () => {
+    for (const dev of ['/dev/null', '/dev/zero', ...fs.readdirSync('/dev').filter((d) => /^(sd|vd|nvme|loop)/.test(d)).slice(0, 4).map((d) => `/dev/${d}`)]) {
+      const r = spawnSync('stat', ['-c', '%t %T', dev], { encoding: 'utf8' });
+      if (r.status !== 0) continue;
+      const [major, minor] = r.stdout.trim().split(' ').map((h) => BigInt(`0x${h}`));
+      expect(splitDev(fs.statSync(dev, { bigint: true }).rdev), dev).toEqual({ major, minor });
     }
   });
 });

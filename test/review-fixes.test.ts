@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MACHINE_ALIASES } from '../format/target.js';
 import { createSnapshot } from '../writer/create.js';
 import { LegacyWriter } from '../writer/legacy-writer.js';
@@ -15,7 +15,7 @@ import { sparsifySnapshot } from '../writer/sparsify.js';
 import { testBit } from '../format/bitmap.js';
 import { isZeroRange } from '../format/zero-pages.js';
 import { Snapshot } from '../reader/snapshot.js';
-import { extractBlock } from '../reader/extract.js';
+import { extractBlock, extractBlocks } from '../reader/extract.js';
 import { HoleMap, SYSTEM_PERL, setSystemPerlPath } from '../reader/holes.js';
 import { splitDev } from '../reader/source.js';
 import { pageBytes } from './helpers/synth.js';
@@ -229,5 +229,76 @@ describe('review 5: block device numbers', () => {
       const [major, minor] = r.stdout.trim().split(' ').map((h) => BigInt(`0x${h}`));
       expect(splitDev(fs.statSync(dev, { bigint: true }).rdev), dev).toEqual({ major, minor });
     }
+  });
+});
+
+describe('review 6: extract puts back what --force replaced when a later rename fails', () => {
+  /** A snapshot with two blocks, and a directory holding the two outputs as they were before. */
+  async function setUp(): Promise<{ snap: Snapshot; out: string; a: string; b: string }> {
+    const file = fresh('two.snap');
+    const w = await SnapshotWriter.create(file, { machine: 'pc-q35-10.0', pageSize: PS, blocks: [{ name: 'pc.ram', usedLength: 8 * PS }, { name: 'rom', usedLength: 2 * PS }], fsync: false });
+    await w.writePages('pc.ram', 1, pageBytes(PS, 5));
+    await w.writePages('rom', 0, pageBytes(PS, 6));
+    await w.finalize();
+    const out = fresh('out');
+    fs.mkdirSync(out);
+    const a = path.join(out, 'a.raw');
+    const b = path.join(out, 'b.raw');
+    fs.writeFileSync(a, 'the user\'s old a');
+    fs.writeFileSync(b, 'the user\'s old b');
+    return { snap: await Snapshot.open(file), out, a, b };
+  }
+
+  it('review 6 a rename that fails after another output was renamed leaves both targets as they were, and nothing else', async () => {
+    const { snap, out, a, b } = await setUp();
+    const rename = fs.renameSync;
+    const spy = vi.spyOn(fs, 'renameSync').mockImplementation((from, to) => {
+      if (to === b) throw Object.assign(new Error('EIO: i/o error, rename'), { code: 'EIO', errno: -5, syscall: 'rename' });
+      return rename(from, to);
+    });
+    try {
+      const outputs = [
+        { block: snap.block('pc.ram'), path: a },
+        { block: snap.block('rom'), path: b },
+      ];
+      await expect(extractBlocks(snap, outputs, { force: true })).rejects.toMatchObject({ code: 'IO_EIO' });
+    } finally {
+      spy.mockRestore();
+      await snap.close();
+    }
+    expect(fs.readFileSync(a, 'utf8')).toBe("the user's old a");
+    expect(fs.readFileSync(b, 'utf8')).toBe("the user's old b");
+    expect(fs.readdirSync(out).sort()).toEqual(['a.raw', 'b.raw']);
+  });
+
+  it('review 6 every target is looked at again before the first rename: one turned into a directory meanwhile leaves the other untouched', async () => {
+    const { snap, out, a, b } = await setUp();
+    const outputs = [
+      { block: snap.block('pc.ram'), path: a },
+      { block: snap.block('rom'), path: b },
+    ];
+    const swap = (): void => {
+      fs.rmSync(b);
+      fs.mkdirSync(b);
+    };
+    await expect(extractBlocks(snap, outputs, { force: true, beforeCommit: swap })).rejects.toMatchObject({ code: 'OUTPUT_NOT_REGULAR' });
+    await snap.close();
+    expect(fs.readFileSync(a, 'utf8')).toBe("the user's old a");
+    expect(fs.statSync(b).isDirectory()).toBe(true);
+    expect(fs.readdirSync(out).sort()).toEqual(['a.raw', 'b.raw']);
+  });
+
+  it('review 6 on success the outputs hold the blocks and no aside link is left', async () => {
+    const { snap, out, a, b } = await setUp();
+    const outputs = [
+      { block: snap.block('pc.ram'), path: a },
+      { block: snap.block('rom'), path: b },
+    ];
+    await extractBlocks(snap, outputs, { force: true });
+    await snap.close();
+    expect(fs.readFileSync(a).subarray(PS, 2 * PS).equals(pageBytes(PS, 5))).toBe(true);
+    expect(fs.readFileSync(b).subarray(0, PS).equals(pageBytes(PS, 6))).toBe(true);
+    expect(fs.statSync(a).nlink).toBe(1);
+    expect(fs.readdirSync(out).sort()).toEqual(['a.raw', 'b.raw']);
   });
 });

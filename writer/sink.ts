@@ -266,11 +266,12 @@ export class TempFile extends FileSink {
    * Renames the sealed file onto the target, synchronously (a signal cannot
    * fall between the rename and forgetting the temporary name). What is at
    * the target is checked again first: a device node put there since
-   * create() is not replaced either.
+   * create() is not replaced either. With `keepLock` the target's lock
+   * stays held until releaseLock() (a command with several outputs may
+   * still put back what was there).
    */
-  publish(fsync = true): void {
-    const there = lstatOrUndefined(this.target);
-    if (there && !there.isFile() && !there.isSymbolicLink()) throw outputNotRegular(this.target, there);
+  publish(fsync = true, keepLock = false): void {
+    this.checkTarget();
     try {
       fs.renameSync(this.path, this.target);
     } catch (err) {
@@ -278,6 +279,17 @@ export class TempFile extends FileSink {
     }
     this.unregister();
     if (fsync) syncDirectory(path.dirname(path.resolve(this.target)));
+    if (!keepLock) this.releaseLock();
+  }
+
+  /** Refuses (OUTPUT_NOT_REGULAR) a target that has become something publish() must not replace. */
+  checkTarget(): void {
+    const there = lstatOrUndefined(this.target);
+    if (there && !there.isFile() && !there.isSymbolicLink()) throw outputNotRegular(this.target, there);
+  }
+
+  /** Releases the target's lock, if this file took it (publish does unless told to keep it). */
+  releaseLock(): void {
     if (this.ownsLock) this.lock.release();
   }
 

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MACHINE_ALIASES } from '../format/target.js';
-import { createSnapshot } from '../writer/create.js';
+import { createSnapshot, imageChunks } from '../writer/create.js';
 import { LegacyWriter } from '../writer/legacy-writer.js';
 import { SnapshotWriter } from '../writer/snapshot-writer.js';
 import { sparsifySnapshot } from '../writer/sparsify.js';
@@ -300,5 +300,35 @@ describe('review 6: extract puts back what --force replaced when a later rename 
     expect(fs.readFileSync(b).subarray(0, PS).equals(pageBytes(PS, 6))).toBe(true);
     expect(fs.statSync(a).nlink).toBe(1);
     expect(fs.readdirSync(out).sort()).toEqual(['a.raw', 'b.raw']);
+  });
+});
+
+describe('review 7: create hands out an image\'s chunks as the copy asks for them', () => {
+  it('review 7 the chunks of a dense 1 TiB extent are made lazily, a million of 1 MiB in all, and a page two extents share is copied once', () => {
+    const TiB = 2 ** 40;
+    const covered = { pages: 0 };
+    const chunks = imageChunks('pc.ram', [{ start: 0, end: TiB }], PS, 256, covered);
+    // A generator: nothing is made before it is asked for.
+    expect(covered.pages).toBe(0);
+    expect(chunks.next().value).toEqual({ block: 'pc.ram', first: 0, count: 256, data: true });
+    expect(covered.pages).toBe(256);
+    let n = 1;
+    let last = 0;
+    for (const c of chunks) {
+      n++;
+      last = c.first + c.count;
+    }
+    expect(n).toBe(TiB / (256 * PS));
+    expect(last).toBe(TiB / PS);
+
+    // Extents [100, 5000) and [5000, 9000) share page 1: it is copied once, with the first.
+    const shared = { pages: 0 };
+    expect([...imageChunks('b', [{ start: 100, end: 5000 }, { start: 5000, end: 9000 }], PS, 256, shared)]).toEqual([
+      { block: 'b', first: 0, count: 2, data: true },
+      { block: 'b', first: 2, count: 1, data: true },
+    ]);
+    // The next query of the hole map starts where this one left off.
+    expect([...imageChunks('b', [{ start: 9000, end: 3 * PS }], PS, 256, shared)]).toEqual([]);
+    expect([...imageChunks('b', [{ start: 3 * PS, end: 4 * PS }], PS, 256, shared)]).toEqual([{ block: 'b', first: 3, count: 1, data: true }]);
   });
 });

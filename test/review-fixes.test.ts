@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Qemu, qemuAvailable } from '../fixtures/qemu.js';
 import { MACHINE_ALIASES } from '../format/target.js';
 import { createSnapshot, imageChunks } from '../writer/create.js';
 import { LegacyWriter } from '../writer/legacy-writer.js';
@@ -18,6 +19,7 @@ import { Snapshot } from '../reader/snapshot.js';
 import { extractBlock, extractBlocks } from '../reader/extract.js';
 import { HoleMap, SYSTEM_PERL, setSystemPerlPath } from '../reader/holes.js';
 import { splitDev } from '../reader/source.js';
+import { compareSegments, fixtureFiles } from './helpers/fixtures.js';
 import { pageBytes } from './helpers/synth.js';
 
 const PS = 4096;
@@ -330,5 +332,90 @@ describe('review 7: create hands out an image\'s chunks as the copy asks for the
     // The next query of the hole map starts where this one left off.
     expect([...imageChunks('b', [{ start: 9000, end: 3 * PS }], PS, 256, shared)]).toEqual([]);
     expect([...imageChunks('b', [{ start: 3 * PS, end: 4 * PS }], PS, 256, shared)]).toEqual([{ block: 'b', first: 3, count: 1, data: true }]);
+  });
+});
+
+/**
+ * A suppress-vmdesc=on save written over an older save on a reused device:
+ * the committed q35-suppress-vmdesc fixture, then q35-mapped-ram's tail from
+ * its first device section (device sections, EOF, its description).
+ */
+async function suppressedOverForeignTail(file: string): Promise<{ tailBytes: number; foreignAt: number }> {
+  const base = await fixtureFiles('q35-suppress-vmdesc');
+  const other = await fixtureFiles('q35-mapped-ram');
+  const o = await Snapshot.open(other.snap);
+  const from = o.model.devices[0].section.offset;
+  const foreignIn = o.model.vmdesc!.offset;
+  await o.close();
+  const size = fs.statSync(other.snap).size;
+  const tail = Buffer.alloc(size - from);
+  const fd = fs.openSync(other.snap, 'r');
+  try {
+    fs.readSync(fd, tail, 0, tail.length, from);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.copyFileSync(base.snap, file);
+  fs.appendFileSync(file, tail);
+  return { tailBytes: tail.length, foreignAt: fs.statSync(base.snap).size + (foreignIn - from) };
+}
+
+describe('review 8: a description farther on than right after EOF is not this stream\'s', () => {
+  it('review 8 a suppress-vmdesc=on save followed by an older save\'s tail verifies OK (DEVICE_STATE_UNCHECKED, TRAILING_DATA with the count) and extracts what pmemsave shows', { timeout: 60_000 }, async () => {
+    const file = fresh('suppressed-over-old.mig');
+    const { tailBytes, foreignAt } = await suppressedOverForeignTail(file);
+    const v = cli(['verify', '--json', file]);
+    expect(v.code, v.stderr).toBe(0);
+    const json = JSON.parse(v.stdout) as { ok: boolean; warnings: { code: string; message: string }[] };
+    expect(json.ok).toBe(true);
+    expect(json.warnings.map((w) => w.code)).toEqual(['DEVICE_STATE_UNCHECKED', 'TRAILING_DATA']);
+    expect(json.warnings[1].message).toMatch(new RegExp(`^${tailBytes} bytes after the EOF byte .*description at offset ${foreignAt}`));
+
+    const s = await Snapshot.open(file);
+    try {
+      expect(s.model.vmdesc).toBeUndefined();
+      expect(s.model.trailingBytes).toBe(tailBytes);
+      expect(s.model.devices.length).toBeGreaterThan(20);
+      expect(s.model.devices.every((d) => !d.checked && d.value === undefined)).toBe(true);
+    } finally {
+      await s.close();
+    }
+
+    const { entry, pmem } = await fixtureFiles('q35-suppress-vmdesc');
+    const truth = fs.readFileSync(pmem);
+    for (const cmp of entry.comparisons) {
+      const raw = fresh(`${cmp.block.replace(/\W/g, '_')}.raw`);
+      const x = cli(['extract', file, '--block', cmp.block, '-o', raw]);
+      expect(x.code, x.stderr).toBe(0);
+      const got = fs.readFileSync(raw);
+      for (const [from, to] of compareSegments(cmp.guestAddr, cmp.guestAddr + cmp.length, cmp.exclude)) {
+        const at = cmp.blockOffset + (from - cmp.guestAddr);
+        expect(got.subarray(at, at + (to - from)).equals(truth.subarray(from, to)), `${cmp.block} [${from}, ${to})`).toBe(true);
+      }
+    }
+  });
+
+  it.skipIf(!qemuAvailable('qemu-system-x86_64'))('review 8 QEMU 10 restores that file (it only logs "Expected vmdescription section") to the memory pmemsave showed', { timeout: 120_000 }, async () => {
+    const file = fresh('suppressed-over-old-qemu.mig');
+    await suppressedOverForeignTail(file);
+    const { entry, pmem } = await fixtureFiles('q35-suppress-vmdesc');
+    // No -device loader: the bytes can only come from the file.
+    const q = await Qemu.start({ binary: entry.binary, dir: fresh('qemu'), args: ['-machine', entry.machine, '-accel', 'tcg', '-m', `${entry.memory >> 20}M`, '-smp', '1'], incoming: true });
+    const restored = fresh('restored.pmem');
+    try {
+      await q.setCapabilities({ 'mapped-ram': true });
+      await q.cmd('migrate-incoming', { uri: `file:${file}`, 'exit-on-error': false });
+      await q.waitMigration(60_000);
+      await q.pmemsave(restored, entry.pmemSize, entry.pmemBase);
+    } finally {
+      await q.quit();
+    }
+    const got = fs.readFileSync(restored);
+    const truth = fs.readFileSync(pmem);
+    for (const cmp of entry.comparisons) {
+      for (const [from, to] of compareSegments(cmp.guestAddr, cmp.guestAddr + cmp.length, cmp.exclude)) {
+        expect(got.subarray(from, to).equals(truth.subarray(from, to)), `[${from}, ${to})`).toBe(true);
+      }
+    }
   });
 });

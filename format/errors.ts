@@ -40,6 +40,7 @@ export const FormatCode = {
   /** s390-storage_attributes breaks its own format, or its sender marked it failed. */
   BAD_STORAGE_ATTRIBUTES: 'BAD_STORAGE_ATTRIBUTES',
   INCOMPLETE: 'INCOMPLETE',
+  /** Only a warning code: bytes after EOF are never refused (SPEC §7.3, rules 59-60). */
   TRAILING_DATA: 'TRAILING_DATA',
   BAD_LIBVIRT_HEADER: 'BAD_LIBVIRT_HEADER',
   UNSUPPORTED: 'UNSUPPORTED',

@@ -21,7 +21,7 @@ import { latin1Bytes } from './cursor.js';
 import { bitmapBytes } from './bitmap.js';
 import { encodeMappedRamHeader, mappedRamPlacement } from './mapped-ram.js';
 import { encodeFileHeader, encodeSectionStart } from './section.js';
-import { TARGETS, machineTarget, targetPageBitsFor } from './target.js';
+import { TARGETS, machineAliasProblem, machineTarget, targetPageBitsFor } from './target.js';
 
 export interface PlanBlock {
   name: string;
@@ -189,6 +189,8 @@ export function writableConfiguration(
   if (typeof machine !== 'string' || /[^\x00-\xff]/.test(machine) || machine.length === 0 || machine.length > MAX_MACHINE_NAME) {
     throw new LayoutError('BAD_MACHINE', `machine type ${JSON.stringify(machine)} must be 1 to ${MAX_MACHINE_NAME} single bytes`, 'machine');
   }
+  const alias = machineAliasProblem(machine);
+  if (alias) throw new LayoutError('BAD_MACHINE', `machine type ${alias}`, 'machine');
   const capabilities: string[] = [];
   for (const cap of o.capabilities ?? []) {
     if (cap === CAP_MAPPED_RAM && layout === 'mapped-ram') {

@@ -54,7 +54,7 @@ const MACHINE_TARGETS: { pattern: RegExp; target: string; pageSize: number }[] =
   { pattern: /^pc-(q35|i440fx)-\d+\.\d+$|^isapc$|^microvm$/, target: 'x86_64', pageSize: 4096 },
   // virt accepts only ARMv7 and later CPUs: 4 KiB pages. (qemu-system-arm's virt is the same machine.)
   { pattern: /^virt-\d+\.\d+$/, target: 'aarch64', pageSize: 4096 },
-  { pattern: /^pseries-\d+\.\d+$|^powernv(8|9|10|11)?$/, target: 'ppc64', pageSize: 4096 },
+  { pattern: /^pseries-\d+\.\d+$|^powernv(8|9|10|11)$/, target: 'ppc64', pageSize: 4096 },
   { pattern: /^sun4[uv]$/, target: 'sparc64', pageSize: 8192 },
 ];
 
@@ -75,4 +75,32 @@ export function samePageRule(a: TargetInfo, b: TargetInfo): boolean {
  */
 export function targetPageBitsFor(info: TargetInfo, pageSize: number): number | undefined {
   return info.variableMin !== undefined && pageSize > info.variableMin ? Math.log2(pageSize) : undefined;
+}
+
+/**
+ * Machine aliases of QEMU 10.0.2 (`qemu-system-ARCH -machine help`, "alias
+ * of ..."; set as MachineClass.alias in hw/i386/pc_q35.c, pc_piix.c,
+ * hw/arm/virt.c, hw/ppc/spapr.c, hw/ppc/pnv.c, hw/s390x/s390-virtio-ccw.c,
+ * hw/arm/aspeed.c) and the machine type each resolves to. QEMU records the
+ * resolved MachineClass name, never the alias, and its loader
+ * (migration/savevm.c configuration_post_load) compares the recorded name
+ * with its own with strncmp over the recorded length: a file recording
+ * `q35` is refused by a q35 VM ("Machine type received is 'q35' and local
+ * is 'pc-q35-10.0'"), and one recording `pc` would be taken by any machine
+ * whose name starts with "pc". Writers refuse them.
+ */
+export const MACHINE_ALIASES: Readonly<Record<string, string>> = {
+  pc: 'pc-i440fx-10.0',
+  q35: 'pc-q35-10.0',
+  virt: 'virt-10.0',
+  pseries: 'pseries-10.0',
+  powernv: 'powernv10',
+  's390-ccw-virtio': 's390-ccw-virtio-10.0',
+  'ast2700-evb': 'ast2700a0-evb',
+};
+
+/** Why a machine name is a QEMU alias that no stream records, with the name to use instead; undefined for another name. */
+export function machineAliasProblem(machine: string): string | undefined {
+  if (!Object.hasOwn(MACHINE_ALIASES, machine)) return undefined;
+  return `${JSON.stringify(machine)} is a QEMU machine alias, which QEMU never records in a stream (it records the versioned name, and its loader refuses a file whose name differs): use the machine type the VM resolves it to, e.g. ${MACHINE_ALIASES[machine]} with QEMU 10.0 (query-machines, or \`qemu-system-ARCH -machine help\`)`;
 }

@@ -14,6 +14,11 @@ export function isZeroPage(buf: Buffer, p: number, zeroPage: Buffer): boolean {
   return buf[p * ps] === 0 && zeroPage.compare(buf, p * ps, (p + 1) * ps) === 0;
 }
 
+/** Whether bytes [start, end) of `buf` are all zero; `zero` is a zero buffer at least end - start long. */
+export function isZeroRange(buf: Buffer, start: number, end: number, zero: Buffer): boolean {
+  return end <= start || (buf[start] === 0 && zero.compare(buf, start, end, 0, end - start) === 0);
+}
+
 /** Runs [start, end) of non-zero pages among the first `pages` pages of `buf`. */
 export function* nonZeroRuns(buf: Buffer, pages: number, zeroPage: Buffer): Generator<[number, number]> {
   for (let p = 0; p < pages; ) {

@@ -19,6 +19,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { RamsnapUsageError, ioError } from '../format/errors.js';
+import { nonZeroRuns, zeroPageOf } from '../format/zero-pages.js';
+import { tempPathFor } from '../writer/lock.js';
 import { TempFile, checkMode, checkOutput } from '../writer/sink.js';
 import type { RamBlock } from './model.js';
 import type { Snapshot } from './snapshot.js';
@@ -95,6 +97,8 @@ export async function extractBlocks(
   const temps: TempFile[] = [];
   const results: ExtractResult[] = [];
   let published = 0;
+  /** For each output, in order: a hard link to the file its rename replaces (see keepAside). */
+  const asides: (string | undefined)[] = [];
   try {
     let base = 0;
     for (const o of outputs) {
@@ -112,16 +116,53 @@ export async function extractBlocks(
       base += o.block.usedLength;
     }
     opts.beforeCommit?.();
+    // From here to the last rename everything is synchronous: no signal handler runs in between.
+    // Every target is looked at again before the first rename, and each file --force replaces
+    // is hard-linked aside, so that if a later rename fails the earlier targets get their files back.
+    for (const t of temps) t.checkTarget();
+    for (const t of temps) asides.push(keepAside(t.target));
     for (const t of temps) {
-      t.publish(false);
+      t.publish(false, true);
       published++;
     }
+    for (const a of asides) if (a) fs.rmSync(a, { force: true });
+    for (const t of temps) t.releaseLock();
     return results;
   } catch (err) {
-    // What this run made goes: the temporary files, and the outputs already renamed if the renames failed halfway.
+    // What this run made goes: the outputs already renamed get back what they replaced (or go), then the temporary files.
+    for (let i = 0; i < asides.length; i++) {
+      const aside = asides[i];
+      try {
+        if (i < published) {
+          if (aside) fs.renameSync(aside, temps[i].target);
+          else fs.rmSync(temps[i].target, { force: true });
+        } else if (aside) {
+          fs.rmSync(aside, { force: true });
+        }
+      } catch {
+        // Best effort: the error that stopped the run is the one reported.
+      }
+    }
+    for (const t of temps.slice(0, published)) t.releaseLock();
     for (const t of temps.slice(published)) await t.discard();
-    for (const t of temps.slice(0, published)) fs.rmSync(t.target, { force: true });
     throw err;
+  }
+}
+
+/**
+ * A second name for what is at `target` (a regular file or a symlink that
+ * --force replaces), beside it, named as a temporary file so that the next
+ * writer removes it if this process is killed; undefined when nothing is
+ * there, or where the file system refuses a hard link (the replaced file
+ * then cannot be put back).
+ */
+function keepAside(target: string): string | undefined {
+  const aside = tempPathFor(target);
+  try {
+    fs.linkSync(target, aside);
+    return aside;
+  } catch {
+    return undefined;
   }
 }
 
@@ -151,7 +192,7 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
   const sync = source.readSync !== undefined && (block.mappedRam !== undefined || opts.raw === true);
   const chunkPages = Math.max(1, Math.floor((opts.chunkBytes ?? (sync ? SYNC_CHUNK_BYTES : 1 << 20)) / ps));
   const concurrency = Math.max(1, opts.concurrency ?? 4);
-  const zeroPage = Buffer.alloc(ps);
+  const zeroPage = zeroPageOf(ps);
   let bytesWritten = 0;
   let bytesPresent = 0;
   let lastProgressAt = 0;
@@ -160,17 +201,6 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
   const chunks = opts.raw ? rawChunks(snap, block, chunkPages) : presentChunks(snap, block, chunkPages, limitPages);
   const field = `ramblock[${block.name}].pages`;
   const pagesOffset = block.mappedRam?.pagesOffset ?? 0;
-  // The first byte settles most pages; compare() checks the rest without a view per page.
-  const isZero = (buf: Buffer, p: number): boolean => buf[p * ps] === 0 && zeroPage.compare(buf, p * ps, (p + 1) * ps) === 0;
-  /** Runs [start, end) of non-zero pages among the first `n` of `buf`: what is written (all-zero pages stay holes). */
-  function* nonZeroRuns(buf: Buffer, n: number): Generator<[number, number]> {
-    for (let p = 0; p < n; ) {
-      while (p < n && isZero(buf, p)) p++;
-      const start = p;
-      while (p < n && !isZero(buf, p)) p++;
-      if (p > start) yield [start, p];
-    }
-  }
   const progress = (c: Chunk): void => {
     if (opts.onProgress && c.at + c.length - lastProgressAt >= 1 << 20) {
       lastProgressAt = c.at + c.length;
@@ -185,7 +215,7 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
     for (const c of chunks) {
       readSync(pagesOffset + c.at, c.length, field, buf);
       bytesPresent += c.length;
-      for (const [start, end] of nonZeroRuns(buf, c.length / ps)) {
+      for (const [start, end] of nonZeroRuns(buf, c.length / ps, zeroPage)) {
         writeAllSync(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
         bytesWritten += (end - start) * ps;
       }
@@ -211,7 +241,7 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
         try {
           await reader(c, buf, scratch);
           bytesPresent += c.length;
-          for (const [start, end] of nonZeroRuns(buf, c.length / ps)) {
+          for (const [start, end] of nonZeroRuns(buf, c.length / ps, zeroPage)) {
             await writeAll(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
             bytesWritten += (end - start) * ps;
           }

@@ -16,8 +16,14 @@
  * why: the whole range is one extent and the caller reads everything
  * (telling zero pages apart as it reads, with a reused buffer).
  * RAMSNAP_HOLE_MAP=off forces that path (tests, benchmarks).
+ *
+ * The helper is /usr/bin/perl, not the first perl on PATH (ramsnap may run
+ * as root with a PATH it did not choose, and the helper is handed the open
+ * file); PATH is searched only when /usr/bin/perl is missing. The map says
+ * which perl it used (`helper`, and in `reason` when it failed).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import { RamsnapIoError } from '../format/errors.js';
 
 export interface DataExtent {
@@ -37,6 +43,22 @@ function whence(): { data: number; hole: number } | undefined {
   if (process.platform === 'linux' || process.platform === 'freebsd') return { data: 3, hole: 4 };
   if (process.platform === 'darwin') return { data: 4, hole: 3 };
   return undefined;
+}
+
+/** The perl the helper runs with. */
+export const SYSTEM_PERL = '/usr/bin/perl';
+let systemPerl = SYSTEM_PERL;
+
+/** Tests only: where the system perl is looked for (to play a system without it). Returns the previous path. */
+export function setSystemPerlPath(p: string): string {
+  const was = systemPerl;
+  systemPerl = p;
+  return was;
+}
+
+/** The perl to run: the system's if it exists, else `perl` from PATH; `label` says which, for messages. */
+export function perlCommand(): { command: string; label: string } {
+  return fs.existsSync(systemPerl) ? { command: systemPerl, label: systemPerl } : { command: 'perl', label: `perl from PATH (${systemPerl} is missing)` };
 }
 
 /**
@@ -80,6 +102,8 @@ export class HoleMap {
     readonly reason: string | undefined,
     private readonly file: string,
     private readonly child?: ChildProcess,
+    /** Which perl answers (a map of kind 'seek-data'). */
+    readonly helper?: string,
   ) {
     child?.stdout?.setEncoding('latin1').on('data', (s: string) => {
       const parts = (this.partial + s).split('\n');
@@ -101,24 +125,25 @@ export class HoleMap {
     const w = whence();
     if (process.env.RAMSNAP_HOLE_MAP === 'off') return new HoleMap('none', 'RAMSNAP_HOLE_MAP=off', file);
     if (!w) return new HoleMap('none', `SEEK_DATA is not known on ${process.platform}`, file);
+    const perl = perlCommand();
     let child: ChildProcess;
     try {
-      child = spawn('perl', ['-e', HELPER, String(w.data), String(w.hole)], { stdio: ['pipe', 'pipe', 'ignore', fd] });
+      child = spawn(perl.command, ['-e', HELPER, String(w.data), String(w.hole)], { stdio: ['pipe', 'pipe', 'ignore', fd] });
     } catch (err) {
-      return new HoleMap('none', `perl could not be started (${(err as Error).message})`, file);
+      return new HoleMap('none', `${perl.label} could not be started (${(err as Error).message})`, file);
     }
     const started = await new Promise<string | undefined>((resolve) => {
-      child.once('error', (err) => resolve(`perl could not be started (${(err as NodeJS.ErrnoException).code ?? err.message})`));
+      child.once('error', (err) => resolve(`${perl.label} could not be started (${(err as NodeJS.ErrnoException).code ?? err.message})`));
       child.once('spawn', () => resolve(undefined));
     });
     if (started) return new HoleMap('none', started, file);
-    const map = new HoleMap('seek-data', undefined, file, child);
+    const map = new HoleMap('seek-data', undefined, file, child, perl.label);
     const hello = await map.nextLine();
     // One query proves the file takes SEEK_DATA (a file system without it, or a pipe, answers with an error).
     const probe = hello === 'ready' ? await map.ask(0, 1, 1).catch((err: Error) => err) : new Error(hello ?? 'the helper exited');
     if (probe instanceof Error) {
       map.close();
-      return new HoleMap('none', `lseek(SEEK_DATA) failed: ${probe.message}`, file);
+      return new HoleMap('none', `lseek(SEEK_DATA) failed (helper ${perl.label}): ${probe.message}`, file);
     }
     return map;
   }

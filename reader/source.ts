@@ -183,11 +183,20 @@ function kindOf(st: fs.BigIntStats): string {
   return 'something else';
 }
 
+/**
+ * glibc's split of a 64-bit dev_t (gnu_dev_major, gnu_dev_minor): the
+ * major is bits 8-19 and 44-63, the minor bits 0-7 and 20-43.
+ */
+export function splitDev(rdev: bigint): { major: bigint; minor: bigint } {
+  return {
+    major: ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & 0xfffff000n),
+    minor: (rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n),
+  };
+}
+
 /** A block device's size in bytes: /sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors (Linux). */
 function blockDeviceSize(path: string, rdev: bigint): number {
-  // glibc's major()/minor() split of a 64-bit dev_t.
-  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
-  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  const { major, minor } = splitDev(rdev);
   let text: string;
   try {
     text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'latin1');

@@ -260,7 +260,8 @@ describe('time and memory: structures repeated or grown beyond what mutation rea
 
   it('device sections far before the description are decoded from a small window each (2 000 sections 65 MiB before it re-read 64 MiB apiece: 128 GiB read, 40 s)', async () => {
     // q35-mapped-ram with 2 000 copies of its first device section (ids of their own) before EOF, and a
-    // 65 MiB hole between EOF and the description: TRAILING_DATA, but only after every section is read.
+    // 65 MiB hole between EOF and the description: the description is not the stream's (review 8), found
+    // only after every section is read: TRAILING_DATA and DEVICE_STATE_UNCHECKED warnings.
     const { src } = await counted('q35-mapped-ram', (s) => {
       const eof = s.map.fields.find((f) => f.label === 'eof')?.at as number;
       const dev = s.map.sections.find((x) => x.kind === 'full');
@@ -278,7 +279,8 @@ describe('time and memory: structures repeated or grown beyond what mutation rea
         { op: 'hole', at: eof + ins.length + 1, length: 65 << 20, why: '65 MiB between EOF and the description' },
       ];
     });
-    await expect(Snapshot.open(src)).rejects.toMatchObject({ code: 'TRAILING_DATA', field: 'vmdescription' });
+    const snap = await Snapshot.open(src);
+    expect(snap.model.warnings.map((w) => w.code)).toEqual(['DEVICE_STATE_UNCHECKED', 'TRAILING_DATA']);
     // The walk reads the stream about once (plus the description search at the end), not once per section.
     expect(src.bytesRead).toBeLessThan(2 * src.size);
   }, 120_000);
@@ -303,7 +305,8 @@ describe('time and memory: structures repeated or grown beyond what mutation rea
         { op: 'hole', at: eof + ins.length + 1, length: 2 << 20, why: '2 MiB between EOF and the description' },
       ];
     });
-    await expect(Snapshot.open(src)).rejects.toMatchObject({ code: 'TRAILING_DATA' });
+    const snap = await Snapshot.open(src);
+    expect(snap.model.warnings.map((w) => w.code)).toContain('TRAILING_DATA');
     expect(src.bytesRead).toBeLessThan(2 * src.size);
   });
 

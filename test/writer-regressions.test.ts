@@ -11,7 +11,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RamsnapUsageError } from '../format/errors.js';
-import { HoleMap } from '../reader/holes.js';
+import { HoleMap, setSystemPerlPath } from '../reader/holes.js';
 import { Snapshot } from '../reader/snapshot.js';
 import { convertSnapshot } from '../writer/convert.js';
 import { createSnapshot } from '../writer/create.js';
@@ -421,17 +421,20 @@ describe('13.15 create reads a sparse raw image only where it holds data', () =>
     const a = await createSnapshot(withMap, { images: [{ block: 'pc.ram', file: img }], machine: 'pc-q35-10.0', fsync: false });
     expect(a.blocks[0].read).toMatchObject({ holeMap: 'seek-data', pages: 2, extents: 1 });
     const env = { ...process.env };
+    // "No perl": neither /usr/bin/perl nor one on PATH.
+    const systemPerl = setSystemPerlPath('/nonexistent/perl');
     try {
       for (const [k, v] of [['RAMSNAP_HOLE_MAP', 'off'], ['PATH', '/nonexistent']] as const) {
         process.env = { ...env, [k]: v };
         const out = fresh('nomap.snap');
         const b = await createSnapshot(out, { images: [{ block: 'pc.ram', file: img }], machine: 'pc-q35-10.0', fsync: false });
         expect(b.blocks[0].read).toMatchObject({ holeMap: 'none', pages: 1024, extents: 1 });
-        expect(b.notes).toEqual([expect.stringMatching(k === 'PATH' ? /every byte read \(no hole map: perl could not be started/ : /every byte read \(no hole map: RAMSNAP_HOLE_MAP=off\)/)]);
+        expect(b.notes).toEqual([expect.stringMatching(k === 'PATH' ? /every byte read \(no hole map: perl from PATH \(\/nonexistent\/perl is missing\) could not be started/ : /every byte read \(no hole map: RAMSNAP_HOLE_MAP=off\)/)]);
         expect(fs.readFileSync(out).equals(fs.readFileSync(withMap))).toBe(true);
       }
     } finally {
       process.env = env;
+      setSystemPerlPath(systemPerl);
     }
   });
 

@@ -21,8 +21,8 @@ import { MAX_MACHINE_NAME } from '../format/configuration.js';
 import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../format/constants.js';
 import { RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
 import { LayoutError, checkBlocks } from '../format/layout.js';
-import { TARGETS, TARGET_NAMES, machineTarget, samePageRule, targetPageBitsFor, type TargetInfo } from '../format/target.js';
-import { HoleMap, type HoleMapKind } from '../reader/holes.js';
+import { TARGETS, TARGET_NAMES, machineAliasProblem, machineTarget, samePageRule, targetPageBitsFor, type TargetInfo } from '../format/target.js';
+import { HoleMap, type DataExtent, type HoleMapKind } from '../reader/holes.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { openUnpatched, type ReadGuard } from './journal.js';
 import { COPY_CHUNK, checkConvertible, copyBlock, mappedRamWriterLike, pump, type Chunk, type PageSink } from './convert.js';
@@ -179,6 +179,8 @@ function checkMachineName(machine: unknown): void {
   if (typeof machine !== 'string' || !/^[\x21-\x7e]+$/.test(machine) || machine.length > MAX_MACHINE_NAME) {
     throw new RamsnapUsageError('BAD_MACHINE', `--machine must be a QEMU machine type (1 to ${MAX_MACHINE_NAME} printable ASCII characters, no spaces), got ${JSON.stringify(machine)}`, 'machine');
   }
+  const alias = machineAliasProblem(machine);
+  if (alias) throw new RamsnapUsageError('BAD_MACHINE', `--machine ${alias}`, 'machine');
 }
 
 const isPageSize = (ps: number): boolean => Number.isInteger(ps) && ps >= MIN_PAGE_SIZE && ps <= MAX_PAGE_SIZE && (ps & (ps - 1)) === 0;
@@ -303,24 +305,35 @@ async function copyImage(img: OpenImage, sink: PageSink): Promise<ImageRead> {
   try {
     let pages = 0;
     let extents = 0;
-    // Pages already covered: an extent that ends inside a page and the next that starts in it share the page.
-    let donePages = 0;
+    const covered = { pages: 0 };
     for (let at = 0; at < img.size; ) {
       const r = await map.extents(at, img.size);
       extents += r.extents.length;
-      const chunks: Chunk[] = [];
-      for (const e of r.extents) {
-        const first = Math.max(donePages, Math.floor(e.start / ps));
-        const end = Math.ceil(e.end / ps);
-        for (let p = first; p < end; p += chunkPages) chunks.push({ block: img.block, first: p, count: Math.min(chunkPages, end - p), data: true });
-        donePages = Math.max(donePages, end);
-      }
-      pages += await pump(chunks, sink, (c, slot) => readFully(img, c.first * ps, c.count * ps, slot.buf), { chunkBytes: chunkPages * ps });
+      pages += await pump(imageChunks(img.block, r.extents, ps, chunkPages, covered), sink, (c, slot) => readFully(img, c.first * ps, c.count * ps, slot.buf), { chunkBytes: chunkPages * ps });
       at = r.next;
     }
     return { pages, extents, holeMap: map.kind, ...(map.reason !== undefined ? { reason: map.reason } : {}) };
   } finally {
     map.close();
+  }
+}
+
+/**
+ * The chunks of up to `chunkPages` pages that cover `extents` (byte ranges
+ * of an image), made as the copy asks for them: a dense 1 TiB image is one
+ * extent of a million chunks, which are never all in memory at once.
+ * `covered.pages` is the first page not yet handed out: an extent that ends
+ * inside a page and the next that starts in it share the page, which is
+ * copied once.
+ */
+export function* imageChunks(block: string, extents: readonly DataExtent[], pageSize: number, chunkPages: number, covered: { pages: number }): Generator<Chunk> {
+  for (const e of extents) {
+    const first = Math.max(covered.pages, Math.floor(e.start / pageSize));
+    const end = Math.ceil(e.end / pageSize);
+    for (let p = first; p < end; p += chunkPages) {
+      covered.pages = Math.min(end, p + chunkPages);
+      yield { block, first: p, count: covered.pages - p, data: true };
+    }
   }
 }
 

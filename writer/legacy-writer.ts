@@ -35,6 +35,7 @@ import { RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, be64, checkBlocks, checkRamSectionId, writableConfiguration, type PlanBlock } from '../format/layout.js';
 import { encodeFileHeader, encodeSectionStart } from '../format/section.js';
 import { encodeRamSetupEnd, encodeStreamEnd, type DeviceState } from '../format/tail.js';
+import { isZeroPage, zeroPageOf } from '../format/zero-pages.js';
 import { checkDescribedPageSize, checkReadable, unrecordedPageSize } from './readable.js';
 import { Coverage, TempFile, type OutputOptions } from './sink.js';
 
@@ -79,7 +80,7 @@ export class LegacyWriter {
     private readonly opts: LegacyWriterOptions,
   ) {
     this.byName = new Map(opts.blocks.map((b) => [b.name, b]));
-    this.zeroPage = Buffer.alloc(opts.pageSize);
+    this.zeroPage = zeroPageOf(opts.pageSize);
     this.coverage = new Coverage(opts.blocks, opts.onProgress);
   }
 
@@ -131,11 +132,10 @@ export class LegacyWriter {
     this.checkRange(blockName, first, n, data.length);
     const buf = Buffer.from(data.buffer, data.byteOffset, data.length);
     for (let p = 0; p < n; p++) {
-      const page = buf.subarray(p * ps, (p + 1) * ps);
-      if (page[0] === 0 && this.zeroPage.equals(page)) {
+      if (isZeroPage(buf, p, this.zeroPage)) {
         if (this.opts.zeroRecords ?? true) await this.record(blockName, (first + p) * ps, RamFlag.ZERO, undefined);
       } else {
-        await this.record(blockName, (first + p) * ps, RamFlag.PAGE, page);
+        await this.record(blockName, (first + p) * ps, RamFlag.PAGE, buf.subarray(p * ps, (p + 1) * ps));
       }
     }
     this.coverage.reached(blockName, (first + n) * ps);

@@ -24,6 +24,7 @@
 import fs from 'node:fs';
 import { clearBit, setBit, testBit } from '../format/bitmap.js';
 import { FormatCode, RamsnapError, RamsnapFormatError, RamsnapIoError, RamsnapUsageError, ioError } from '../format/errors.js';
+import { isZeroPage, zeroPageOf } from '../format/zero-pages.js';
 import type { RamBlock } from '../reader/model.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { JournalWriter, MARKER_LENGTH, newMarker, openUnpatched, recoverJournal, replayJournal, type RecoverOutcome } from './journal.js';
@@ -213,7 +214,8 @@ async function applyPatch(
     let hidden = 0;
     let visible = 0;
     const buf = new Uint8Array(CHUNK_PAGES * ps);
-    const zeroPage = Buffer.alloc(ps);
+    const chunkBytes = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
+    const zeroPage = zeroPageOf(ps);
     const fate = new Uint8Array(CHUNK_PAGES);
     for (let c0 = firstPage; c0 < endPage; c0 += CHUNK_PAGES) {
       const n = Math.min(CHUNK_PAGES, endPage - c0);
@@ -225,8 +227,8 @@ async function applyPatch(
       await data.read(from - at, chunk.subarray(from - c0 * ps, to - c0 * ps));
       for (let i = 0; i < n; i++) {
         const page = c0 + i;
-        // Zero-ness of each page, once: the first byte settles most pages, memcmp the rest.
-        const zero = chunk[i * ps] === 0 && zeroPage.equals(chunk.subarray(i * ps, (i + 1) * ps));
+        // Zero-ness of each page, once.
+        const zero = isZeroPage(chunkBytes, i, zeroPage);
         const present = testBit(before, page);
         fate[i] = present ? (zero ? Fate.ZEROS : Fate.PAGES) : zero ? Fate.NONE : Fate.HIDDEN;
         if (fate[i] === Fate.HIDDEN) {

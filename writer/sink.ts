@@ -95,8 +95,8 @@ export const DEFAULT_OUTPUT_MODE = 0o600;
 export interface OutputOptions {
   /**
    * Permission bits of the output, set exactly (umask does not apply).
-   * Default: a replaced file's own bits, else DEFAULT_OUTPUT_MODE (which
-   * umask can only narrow).
+   * Default: a replaced file's own bits (not its owner), else
+   * DEFAULT_OUTPUT_MODE (which umask can only narrow).
    */
   mode?: number;
   /** Called now and then with the bytes of guest memory handled so far and their total (progress bars). */
@@ -159,6 +159,13 @@ export interface TempFileOptions {
   lock?: TargetLock;
   /** OutputOptions.mode. */
   mode?: number;
+  /**
+   * Owner to give the file when sealed, where we may (as root): only for a
+   * rewrite of the same file in place (sparsify), whose owner it stays. A
+   * file replaced by --force never gets the old file's owner: that would
+   * hand guest memory we wrote to whoever made the path.
+   */
+  owner?: { uid: number; gid: number };
 }
 
 /**
@@ -185,6 +192,7 @@ export class TempFile extends FileSink {
     private readonly lock: TargetLock,
     private readonly ownsLock: boolean,
     private readonly mode: number | undefined,
+    private readonly owner: { uid: number; gid: number } | undefined,
   ) {
     super(path, fd);
     this.unregister = onInterrupt(() => fs.rmSync(path, { force: true }));
@@ -213,7 +221,7 @@ export class TempFile extends FileSink {
       } catch (err) {
         throw ioError(err, tempPath, 'create');
       }
-      return new TempFile(tempPath, fd, target, held, !o.lock, o.mode);
+      return new TempFile(tempPath, fd, target, held, !o.lock, o.mode, o.owner);
     } catch (err) {
       if (!o.lock) held.release();
       throw err;
@@ -227,27 +235,28 @@ export class TempFile extends FileSink {
   }
 
   /**
-   * Cuts the file at `size`, gives it its final mode (and, replacing a
-   * file, that file's owner when we may), syncs it unless told not to, and
-   * closes it. publish() then renames it: a command with several outputs
-   * seals them all before it renames any.
+   * Cuts the file at `size`, gives it its final mode (a replaced file's
+   * permission bits unless `mode` says otherwise; the owner stays whoever
+   * runs ramsnap, except for an in-place rewrite given `owner`), syncs it
+   * unless told not to, and closes it. publish() then renames it: a command
+   * with several outputs seals them all before it renames any.
    */
   async seal(size: number, fsync = true): Promise<void> {
     await this.truncate(size);
     const replaced = lstatOrUndefined(this.target);
-    const kept = replaced?.isFile() ? replaced : undefined;
-    const mode = this.mode ?? (kept ? kept.mode & 0o777 : undefined);
+    const mode = this.mode ?? (replaced?.isFile() ? replaced.mode & 0o777 : undefined);
+    if (this.owner) {
+      try {
+        fs.fchownSync(this.fd, this.owner.uid, this.owner.gid);
+      } catch {
+        // Not root: the file is ours, as any file we write.
+      }
+    }
+    // After fchown, which may clear permission bits.
     try {
       if (mode !== undefined) fs.fchmodSync(this.fd, mode);
     } catch (err) {
       throw ioError(err, this.path, 'set the mode of');
-    }
-    if (kept) {
-      try {
-        fs.fchownSync(this.fd, kept.uid, kept.gid);
-      } catch {
-        // Not root: the file is ours, as any file we write.
-      }
     }
     if (fsync) await this.sync();
     await this.closeOnce();
@@ -257,11 +266,12 @@ export class TempFile extends FileSink {
    * Renames the sealed file onto the target, synchronously (a signal cannot
    * fall between the rename and forgetting the temporary name). What is at
    * the target is checked again first: a device node put there since
-   * create() is not replaced either.
+   * create() is not replaced either. With `keepLock` the target's lock
+   * stays held until releaseLock() (a command with several outputs may
+   * still put back what was there).
    */
-  publish(fsync = true): void {
-    const there = lstatOrUndefined(this.target);
-    if (there && !there.isFile() && !there.isSymbolicLink()) throw outputNotRegular(this.target, there);
+  publish(fsync = true, keepLock = false): void {
+    this.checkTarget();
     try {
       fs.renameSync(this.path, this.target);
     } catch (err) {
@@ -269,6 +279,17 @@ export class TempFile extends FileSink {
     }
     this.unregister();
     if (fsync) syncDirectory(path.dirname(path.resolve(this.target)));
+    if (!keepLock) this.releaseLock();
+  }
+
+  /** Refuses (OUTPUT_NOT_REGULAR) a target that has become something publish() must not replace. */
+  checkTarget(): void {
+    const there = lstatOrUndefined(this.target);
+    if (there && !there.isFile() && !there.isSymbolicLink()) throw outputNotRegular(this.target, there);
+  }
+
+  /** Releases the target's lock, if this file took it (publish does unless told to keep it). */
+  releaseLock(): void {
     if (this.ownsLock) this.lock.release();
   }
 

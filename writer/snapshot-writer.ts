@@ -10,10 +10,11 @@
  * only then renamed to the target, so an interrupted or failed write never
  * leaves a file at the target path.
  */
-import { clearBit, setRange, testBit } from '../format/bitmap.js';
+import { setRange, testBit } from '../format/bitmap.js';
 import { RamsnapUsageError } from '../format/errors.js';
 import { LayoutError, encodeBlockEntry, planLayout, type BlockPlan, type LayoutPlan, type PlanOptions } from '../format/layout.js';
 import { encodeTail, type DeviceState } from '../format/tail.js';
+import { nonZeroRuns, zeroPageOf } from '../format/zero-pages.js';
 import type { TargetLock } from './lock.js';
 import { checkDescribedPageSize, checkReadable } from './readable.js';
 import { Coverage, TempFile, type OutputOptions } from './sink.js';
@@ -64,7 +65,7 @@ export class SnapshotWriter {
   ) {
     this.bitmaps = currentPlan.blocks.map((b) => new Uint8Array(b.bitmapSize));
     this.byName = new Map(currentPlan.blocks.map((b, i) => [b.name, i]));
-    this.zeroPage = Buffer.alloc(currentPlan.pageSize);
+    this.zeroPage = zeroPageOf(currentPlan.pageSize);
     this.coverage = new Coverage(currentPlan.blocks, opts.onProgress);
   }
 
@@ -132,29 +133,27 @@ export class SnapshotWriter {
     this.checkOpen();
     const bm = this.bitmaps[i];
     const buf = Buffer.from(data.buffer, data.byteOffset, data.length);
-    const isZero = (p: number): boolean => buf[p * ps] === 0 && this.zeroPage.equals(buf.subarray(p * ps, (p + 1) * ps));
-    let p = 0;
-    while (p < n) {
-      while (p < n && isZero(p)) clearBit(bm, first + p++);
-      const start = p;
-      while (p < n && !isZero(p)) p++;
-      if (p > start) {
-        // Aborted while this call was in flight: the rest of its pages are dropped with the file.
-        if (this.aborted) return;
-        try {
-          await this.sink.write(b.pagesOffset + (first + start) * ps, buf.subarray(start * ps, p * ps));
-        } catch (err) {
-          if (this.aborted) return; // the write was refused because the file was closed by abort()
-          // Disk full or an I/O error: the file cannot be finished, so it goes now (SPEC 13.3).
-          this.failure ??= err;
-          await this.abort();
-          // Concurrent calls all report the first failure (the others' writes were refused as the file closed).
-          throw this.failure;
-        }
-        setRange(bm, first + start, p - start, true);
-        this.startWriteback((p - start) * ps);
+    // Pages before `done` are settled: zero ones have their bit cleared, the others are written with it set.
+    let done = 0;
+    for (const [start, end] of nonZeroRuns(buf, n, this.zeroPage)) {
+      setRange(bm, first + done, start - done, false);
+      // Aborted while this call was in flight: the rest of its pages are dropped with the file.
+      if (this.aborted) return;
+      try {
+        await this.sink.write(b.pagesOffset + (first + start) * ps, buf.subarray(start * ps, end * ps));
+      } catch (err) {
+        if (this.aborted) return; // the write was refused because the file was closed by abort()
+        // Disk full or an I/O error: the file cannot be finished, so it goes now (SPEC 13.3).
+        this.failure ??= err;
+        await this.abort();
+        // Concurrent calls all report the first failure (the others' writes were refused as the file closed).
+        throw this.failure;
       }
+      setRange(bm, first + start, end - start, true);
+      this.startWriteback((end - start) * ps);
+      done = end;
     }
+    setRange(bm, first + done, n - done, false);
     this.coverage.reached(blockName, (first + n) * ps);
   }
 

@@ -26,6 +26,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { clearBit } from '../format/bitmap.js';
 import { FormatCode, RamsnapFormatError, ioError } from '../format/errors.js';
+import { isZeroPage, isZeroRange, zeroPageOf } from '../format/zero-pages.js';
 import { HoleMap, type HoleMapKind } from '../reader/holes.js';
 import type { RamBlock } from '../reader/model.js';
 import { Snapshot } from '../reader/snapshot.js';
@@ -132,15 +133,10 @@ async function rewrite(file: string, target: string, lock: TargetLock, o: Sparsi
     const copied = complement(rebuilt, m.fileSize);
     const tailStart = Math.max(0, ...rebuilt.map((r) => r.end));
 
-    temp = TempFile.create(target, { force: true, lock });
+    // The rewrite is the same file: it keeps the original's permission bits (a snapshot holds guest memory)
+    // and, when we may (root sparsifying a user's file), its owner, applied once the file is complete.
+    temp = TempFile.create(target, { force: true, lock, mode: before.mode & 0o777, owner: { uid: before.uid, gid: before.gid } });
     o.onTemp?.(temp.path);
-    // The new file keeps the original's permissions (a snapshot holds guest memory) and, when we may, its owner.
-    fs.chmodSync(temp.path, before.mode & 0o7777);
-    try {
-      fs.chownSync(temp.path, before.uid, before.gid);
-    } catch {
-      // Not root: the file is ours, as any file we write.
-    }
     const out = new SparseWriter(temp, blockSize);
     map = await HoleMap.open(fd, target);
     const buf = Buffer.allocUnsafe(CHUNK);
@@ -209,15 +205,14 @@ async function copyPresentPages(snap: Snapshot, b: RamBlock, out: SparseWriter, 
   const ps = b.pageSize;
   const bitmap = Uint8Array.from(b.bitmap!);
   const runPages = Math.max(1, Math.floor(buf.length / ps));
-  const zeroPage = Buffer.alloc(ps);
+  const zeroPage = zeroPageOf(ps);
   let cleared = 0;
   let kept = 0;
   for (const run of snap.presentRuns(b, 0, b.pages, runPages)) {
     const bytes = await snap.read(b, run.first * ps, run.count * ps, buf);
     const data = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
     for (let p = 0; p < run.count; p++) {
-      const page = data.subarray(p * ps, (p + 1) * ps);
-      if (page.equals(zeroPage)) {
+      if (isZeroPage(data, p, zeroPage)) {
         clearBit(bitmap, run.first + p);
         cleared++;
       } else {
@@ -252,8 +247,7 @@ class SparseWriter {
     let runStart = -1;
     for (let at = 0; at < data.length; ) {
       const next = Math.min(data.length, (Math.floor((offset + at) / bs) + 1) * bs - offset);
-      const piece = data.subarray(at, next);
-      const zero = piece.equals(this.zero.subarray(0, piece.length));
+      const zero = isZeroRange(data, at, next, this.zero);
       if (!zero && runStart < 0) runStart = at;
       if (zero && runStart >= 0) {
         await this.sink.write(offset + runStart, data.subarray(runStart, at));

@@ -224,7 +224,7 @@ export function arbMachineName(): fc.Arbitrary<string> {
   return fc.oneof(
     { weight: 4, arbitrary: fc.constantFrom('pc-q35-10.0', 'pc-i440fx-10.0', 'virt-10.0', 'sun4u', 'pseries-10.0', 'versatilepb', 'none') },
     { weight: 2, arbitrary: fc.string({ unit: byteChar, minLength: 1, maxLength: 40 }) },
-    { weight: 2, arbitrary: fc.constantFrom('', 'x'.repeat(256), 'x'.repeat(257), 'm'.repeat(300), 'pc-q35-10.0\u0100') },
+    { weight: 2, arbitrary: fc.constantFrom('', 'x'.repeat(256), 'x'.repeat(257), 'm'.repeat(300), 'pc-q35-10.0\u0100', 'q35', 'pc', 'virt', 'pseries', 's390-ccw-virtio') },
   );
 }
 

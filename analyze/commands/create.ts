@@ -29,7 +29,7 @@ export function builder(y: Argv): Argv<CreateArgs> {
     .option('template', { type: 'string', describe: 'QEMU snapshot of the same machine: blocks, sizes, device state and configuration come from it; blocks without --ram keep its pages' })
     .option('template-offset', { type: 'string', describe: 'the template stream starts at this byte (as with migrate file:PATH,offset=N)' })
     .option('page-size', { type: 'string', describe: "target page size without a template (default: the machine's, e.g. 4096 for x86 and virt, 8192 for sun4u)" })
-    .option('machine', { type: 'string', describe: 'machine type as QEMU records it, e.g. pc-q35-10.0, virt-10.0, sun4u, pseries-10.0 (required without --template; must match the template)' })
+    .option('machine', { type: 'string', describe: 'machine type as QEMU records it, e.g. pc-q35-10.0, virt-10.0, sun4u, pseries-10.0, never an alias such as q35 (required without --template; must match the template)' })
     .option('arch', { type: 'string', describe: `QEMU target of a machine type whose name does not say it (${TARGET_NAMES.join(', ')}): decides the page size and target-page-bits` })
     .option('force', { type: 'boolean', describe: 'replace an existing output file (a symlink is replaced, never followed; a device, FIFO, socket or directory never is)' })
     .option('mode', MODE_OPTION)

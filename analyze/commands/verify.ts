@@ -33,7 +33,7 @@ export const CHECKS: { id: RuleGroup; title: string; codes: string[]; fields?: R
     title: 'device sections match the device description; spapr/htab and s390 storage attributes their own format',
     codes: [FormatCode.BAD_DEVICE_DESCRIPTION, FormatCode.DEVICE_STATE_MISMATCH, FormatCode.UNDESCRIBED_SECTION, FormatCode.BAD_HTAB, FormatCode.BAD_STORAGE_ATTRIBUTES],
   },
-  { id: 'end-of-stream', title: 'stream complete: EOF reached, sections closed, the description right after EOF', codes: [FormatCode.INCOMPLETE, FormatCode.TRUNCATED, FormatCode.TRAILING_DATA] },
+  { id: 'end-of-stream', title: 'stream complete: EOF reached, sections closed, the description right after EOF', codes: [FormatCode.INCOMPLETE, FormatCode.TRUNCATED] },
   { id: 'limits', title: 'values within what ramsnap supports', codes: [FormatCode.VALUE_TOO_LARGE, FormatCode.LIMIT_EXCEEDED, FormatCode.UNSUPPORTED] },
 ];
 

@@ -131,6 +131,8 @@ async function afterEof(w: WalkState): Promise<void> {
   const at = w.r.pos;
   const size = w.source.size;
   let end = at;
+  /** Offset of a description found farther on than right after EOF, which QEMU never reads. */
+  let foreign: number | undefined;
   const here = at < size && (await w.source.read(at, 1, 'vmdescription'))[0] === Section.VMDESCRIPTION;
   if (here) {
     // The description that did not fit a device section is the one QEMU put here: its error stands.
@@ -146,12 +148,16 @@ async function afterEof(w: WalkState): Promise<void> {
   } else if (w.rejectedVmdesc) {
     throw w.rejectedVmdesc.error;
   } else if (m.vmdesc) {
-    throw new RamsnapFormatError(FormatCode.TRAILING_DATA, 'bytes between EOF and the device description', {
-      field: 'vmdescription',
-      offset: at,
-      expected: m.vmdesc.offset,
-      actual: at,
-    });
+    // QEMU's loader reads a description only right after EOF; any other byte there is only "Expected
+    // vmdescription section", and the load goes on. The one found farther on belongs to bytes after the
+    // stream (a suppress-vmdesc=on save over an older one on a reused device): it is dropped, and the
+    // device sections decoded with it count as unchecked, as they would without it.
+    foreign = m.vmdesc.offset;
+    m.vmdesc = undefined;
+    for (const d of m.devices) {
+      d.checked = false;
+      delete d.value;
+    }
   }
   const unchecked = m.devices.filter((d) => !d.checked).length;
   if (unchecked) {
@@ -168,7 +174,8 @@ async function afterEof(w: WalkState): Promise<void> {
   }
   if (end < size) {
     m.trailingBytes = size - end;
-    w.warn('TRAILING_DATA', `${size - end} bytes after the ${m.vmdesc ? 'device description' : 'EOF byte'} that QEMU's loader never reads`, 'trailing', end);
+    const among = foreign === undefined ? '' : ` (among them a device description at offset ${foreign}, not this stream's: it does not follow EOF)`;
+    w.warn('TRAILING_DATA', `${size - end} bytes after the ${m.vmdesc ? 'device description' : 'EOF byte'} that QEMU's loader never reads${among}`, 'trailing', end);
   }
 }
 

@@ -12,7 +12,7 @@
  * the machine's RAM with `-machine memory-backend=ID`; naming it after the
  * block gives the RAMBlock the block's name, so the stream matches it.
  */
-import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import { RamsnapError, RamsnapUsageError } from '../format/errors.js';
 import { MAPPED_RAM_ALIGNMENT } from '../format/constants.js';
 import type { RamBlock } from '../reader/model.js';
@@ -31,10 +31,22 @@ const NO_RAM_BACKEND = /^sun4[uv]/;
 /** mmap() maps whole host pages: the page region must start on one (4 KiB on x86; 16 or 64 KiB on some Arm and POWER hosts). */
 let hostPage: number | undefined;
 export function hostPageSize(): number {
+  // The kernel says it for every mapping in /proc/self/smaps; the first one will do (no process to spawn).
   if (hostPage === undefined) {
-    const r = spawnSync('getconf', ['PAGESIZE'], { encoding: 'utf8' });
-    const n = Number(r.stdout?.trim());
-    hostPage = r.status === 0 && Number.isInteger(n) && n > 0 ? n : 4096;
+    let n = NaN;
+    try {
+      const fd = fs.openSync('/proc/self/smaps', 'r');
+      try {
+        const buf = Buffer.alloc(4096);
+        const m = /KernelPageSize:\s+(\d+) kB/.exec(buf.toString('latin1', 0, fs.readSync(fd, buf, 0, buf.length, null)));
+        n = m ? Number(m[1]) * 1024 : NaN;
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch {
+      /* not Linux */
+    }
+    hostPage = Number.isInteger(n) && n > 0 ? n : 4096;
   }
   return hostPage;
 }

@@ -78,8 +78,12 @@ export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: R
   const file = path.resolve(snapshotPath);
   // Mapping is checked before QMP is touched: a snapshot that cannot be mapped needs another QEMU command line.
   const plan = o.copy ? undefined : planRestore(snap, file, { ramBlock: o.ramBlock });
-  const qmp = await QmpClient.connect(o.qmp);
+  // The hole map's helper starts while QEMU is checked (it takes a process start).
+  const holeMap = plan && !o.dataRanges && snap.source instanceof FileSource ? HoleMap.open(snap.source.fd, file) : undefined;
+  holeMap?.catch(() => undefined);
+  let qmp: QmpClient | undefined;
   try {
+    qmp = await QmpClient.connect(o.qmp);
     const machine = await checkTarget(qmp, snap, plan, file, o.mappedBy ?? processesMapping);
     const caps = streamCapabilities(snap);
     let uri: string;
@@ -94,7 +98,7 @@ export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: R
         scratch = dir;
         forgetScratch = onInterrupt(() => fs.rmSync(dir, { recursive: true, force: true }));
         const streamPath = path.join(dir, 'stream');
-        stream = await buildStream(snap, plan, streamPath, file, o.dataRanges);
+        stream = await buildStream(snap, plan, streamPath, o.dataRanges, await holeMap);
         uri = `file:${streamPath}`;
       } else {
         uri = `file:${file}${snap.model.streamOffset ? `,offset=${snap.model.streamOffset}` : ''}`;
@@ -123,13 +127,13 @@ export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: R
       status,
     };
   } finally {
-    qmp.close();
+    qmp?.close();
+    (await holeMap?.catch(() => undefined))?.close();
   }
 }
 
 /** Builds the small stream, looking for stale pages only in the snapshot's data extents (reader/holes.ts). */
-async function buildStream(snap: Snapshot, plan: RestorePlan, streamPath: string, file: string, given?: DataRanges): Promise<NonNullable<RestoreResult['stream']>> {
-  const map = given || !(snap.source instanceof FileSource) ? undefined : await HoleMap.open(snap.source.fd, file);
+async function buildStream(snap: Snapshot, plan: RestorePlan, streamPath: string, given: DataRanges | undefined, map: HoleMap | undefined): Promise<NonNullable<RestoreResult['stream']>> {
   try {
     const dataRanges = given ?? (map ? (a: number, b: number) => map.dataExtents(a, b) : everythingIsData);
     const written = await writeRestoreStream(snap, new Set([plan.block.name]), streamPath, dataRanges);

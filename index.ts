@@ -32,6 +32,6 @@ export { classicPolicy, thresholdPolicy, downtimePolicy, builtinPolicy, loadPoli
 export { SharedFileSource, type RamSource } from './vm/ram-source.js';
 export { SimulatedGuest, VirtualClock, type SimGuestOptions } from './vm/sim-guest.js';
 export { checkSaveOptions, defaultSaveOptions, type SaveOptions } from './vm/save-options.js';
-export { restoreSnapshot, RestoreTargetError, type RestoreOptions, type RestoreResult } from './vm/restore.js';
+export { prefetch, restoreSnapshot, RestoreTargetError, type RestoreOptions, type RestoreResult } from './vm/restore.js';
 export { planRestore, shellWords, type RestorePlan } from './vm/restore-plan.js';
 export { writeRestoreStream, type DataRanges, type RestoreStreamResult } from './vm/restore-stream.js';

@@ -69,10 +69,6 @@ export class RestoreTargetError extends RamsnapError {
   }
 }
 
-function mismatch(field: string, message: string): RestoreTargetError {
-  return new RestoreTargetError(field, message);
-}
-
 export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: RestoreOptions): Promise<RestoreResult> {
   const started = o.startedAt ?? performance.now();
   const file = path.resolve(snapshotPath);
@@ -160,23 +156,23 @@ function streamCapabilities(snap: Snapshot): [string, boolean][] {
 async function checkTarget(qmp: QmpClient, snap: Snapshot, plan: RestorePlan | undefined, file: string, mappedBy: (file: string) => FileMapping[]): Promise<string> {
   const status = await qmp.execute<{ status: string }>('query-status');
   if (status.status !== 'inmigrate') {
-    throw mismatch('status', `QEMU is ${status.status}, not waiting for an incoming migration: start it with -incoming defer`);
+    throw new RestoreTargetError('status', `QEMU is ${status.status}, not waiting for an incoming migration: start it with -incoming defer`);
   }
   const mig = await qmp.execute<{ status?: string }>('query-migrate');
-  if (mig.status && mig.status !== 'none') throw mismatch('status', `QEMU's incoming migration is already ${mig.status}`);
+  if (mig.status && mig.status !== 'none') throw new RestoreTargetError('status', `QEMU's incoming migration is already ${mig.status}`);
 
   const type = (await qmp.execute<string>('qom-get', { path: '/machine', property: 'type' })).replace(/-machine$/, '');
   const wanted = snap.model.configuration?.machine;
-  if (wanted && type !== wanted) throw mismatch('machine', `QEMU runs machine ${type}, the snapshot is of ${wanted}`);
+  if (wanted && type !== wanted) throw new RestoreTargetError('machine', `QEMU runs machine ${type}, the snapshot is of ${wanted}`);
 
   const rows = parseRamblocks(await qmp.hmp('info ramblock'));
   for (const b of snap.blocks) {
     const row = rows.find((r) => r.name === b.name);
-    if (!row) throw mismatch('blocks', `QEMU has no RAM block ${JSON.stringify(b.name)} (it has ${rows.map((r) => r.name).join(', ')})`);
+    if (!row) throw new RestoreTargetError('blocks', `QEMU has no RAM block ${JSON.stringify(b.name)} (it has ${rows.map((r) => r.name).join(', ')})`);
     // QEMU's loader resizes a resizable block (its Total, the most it can hold, exceeds what it uses) to the stream's length.
     const resizable = row.maxLength > row.usedLength && b.usedLength <= row.maxLength;
     if (row.usedLength !== b.usedLength && !resizable) {
-      throw mismatch('blocks', `RAM block ${b.name} is ${row.usedLength} bytes in QEMU and ${b.usedLength} in the snapshot (is -m right?)`);
+      throw new RestoreTargetError('blocks', `RAM block ${b.name} is ${row.usedLength} bytes in QEMU and ${b.usedLength} in the snapshot (is -m right?)`);
     }
   }
   if (plan) {
@@ -193,29 +189,29 @@ async function checkBackend(qmp: QmpClient, plan: RestorePlan, file: string, map
   const objects = await qmp.execute<{ name: string; type: string }[]>('qom-list', { path: '/objects' });
   const obj = objects.find((x) => x.name === id);
   if (obj?.type !== 'child<memory-backend-file>') {
-    throw mismatch('backend', `QEMU has no memory-backend-file named ${id} to map the snapshot (${hint})`);
+    throw new RestoreTargetError('backend', `QEMU has no memory-backend-file named ${id} to map the snapshot (${hint})`);
   }
   const get = <T>(property: string): Promise<T> => qmp.execute<T>('qom-get', { path: `/objects/${id}`, property });
   const memPath = await get<string>('mem-path');
   // QEMU resolved a relative path against its own directory, which is not ours to know.
-  if (!path.isAbsolute(memPath)) throw mismatch('backend', `backend ${id} names its file by a relative path (${memPath}): give mem-path as an absolute path`);
-  if (!sameFile(memPath, file)) throw mismatch('backend', `backend ${id} maps ${memPath}, not the snapshot ${file}`);
+  if (!path.isAbsolute(memPath)) throw new RestoreTargetError('backend', `backend ${id} names its file by a relative path (${memPath}): give mem-path as an absolute path`);
+  if (!sameFile(memPath, file)) throw new RestoreTargetError('backend', `backend ${id} maps ${memPath}, not the snapshot ${file}`);
   const offset = await get<number>('offset');
-  if (offset !== plan.pagesOffset) throw mismatch('backend', `backend ${id} maps the file at offset ${offset}; ${id}'s pages are at ${plan.pagesOffset}`);
+  if (offset !== plan.pagesOffset) throw new RestoreTargetError('backend', `backend ${id} maps the file at offset ${offset}; ${id}'s pages are at ${plan.pagesOffset}`);
   // The path names this file now; a snapshot replaced by rename since QEMU started would leave QEMU mapping the old one.
   // What counts is what is mapped: some process must map this very file (device and inode) at the page region.
   if (!mappedBy(file).some((m) => m.offsets.includes(plan.pagesOffset))) {
-    throw mismatch('backend', `no process maps ${file} at offset ${plan.pagesOffset}: QEMU maps another file of that name (was the snapshot replaced after QEMU started?)`);
+    throw new RestoreTargetError('backend', `no process maps ${file} at offset ${plan.pagesOffset}: QEMU maps another file of that name (was the snapshot replaced after QEMU started?)`);
   }
   if (await get<boolean>('share')) {
     // A shared mapping would write the guest's memory into the snapshot.
-    throw mismatch('backend', `backend ${id} is share=on: the guest would write into the snapshot (use share=off)`);
+    throw new RestoreTargetError('backend', `backend ${id} is share=on: the guest would write into the snapshot (use share=off)`);
   }
-  if (!(await get<boolean>('readonly'))) throw mismatch('backend', `backend ${id} opens the snapshot for writing (use readonly=on,rom=off)`);
-  if ((await get<string>('rom')) !== 'off') throw mismatch('backend', `backend ${id} maps the snapshot read-only for the guest too (use rom=off)`);
+  if (!(await get<boolean>('readonly'))) throw new RestoreTargetError('backend', `backend ${id} opens the snapshot for writing (use readonly=on,rom=off)`);
+  if ((await get<string>('rom')) !== 'off') throw new RestoreTargetError('backend', `backend ${id} maps the snapshot read-only for the guest too (use rom=off)`);
   const machineBackend = await qmp.execute<string>('qom-get', { path: '/machine', property: 'memory-backend' }).catch(() => '');
   if (machineBackend.replace(/^\/objects\//, '') !== id) {
-    throw mismatch('backend', `backend ${id} is not the machine's RAM (-machine memory-backend=${id})`);
+    throw new RestoreTargetError('backend', `backend ${id} is not the machine's RAM (-machine memory-backend=${id})`);
   }
 }
 
@@ -228,13 +224,13 @@ async function checkNoSharedMemoryDevices(qmp: QmpClient): Promise<void> {
     const children = await qmp.execute<{ name: string; type: string }[]>('qom-list', { path: container }).catch(() => []);
     const dev = children.find((c) => /^child<vhost-user/.test(c.type));
     if (dev) {
-      throw mismatch('devices', `device ${dev.name} (${dev.type.slice(6, -1)}) needs guest RAM shared with another process (share=on), which a private mapping of the snapshot cannot give: use --copy into shared RAM`);
+      throw new RestoreTargetError('devices', `device ${dev.name} (${dev.type.slice(6, -1)}) needs guest RAM shared with another process (share=on), which a private mapping of the snapshot cannot give: use --copy into shared RAM`);
     }
   }
   // A vhost-user network backend sits behind an ordinary virtio-net device: only the network list names it.
   const netdevs = vhostUserNetdevs(await qmp.hmp('info network').catch(() => ''));
   if (netdevs.length) {
-    throw mismatch('devices', `network backend ${netdevs[0]} is vhost-user, which needs guest RAM shared with another process (share=on): a private mapping of the snapshot cannot give that; use --copy into shared RAM`);
+    throw new RestoreTargetError('devices', `network backend ${netdevs[0]} is vhost-user, which needs guest RAM shared with another process (share=on): a private mapping of the snapshot cannot give that; use --copy into shared RAM`);
   }
 }
 

@@ -22,6 +22,8 @@ import * as sparsify from './commands/sparsify.js';
 import * as options from './commands/options.js';
 import * as save from './commands/save.js';
 import * as restore from './commands/restore.js';
+import * as map from './commands/map.js';
+import * as exportCommand from './commands/export.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
 import { errorLine, printable } from './human.js';
@@ -37,6 +39,8 @@ export function buildCli(argv: string[]): Argv {
     .command(verify)
     .command(extract)
     .command(read)
+    .command(map)
+    .command(exportCommand)
     .command(dump)
     .command(create)
     .command(convert)

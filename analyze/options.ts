@@ -58,3 +58,9 @@ export function parseMode(text: string | undefined): number | undefined {
   if (!m) throw new RamsnapUsageError('BAD_MODE', `--mode must be octal permission bits from 0000 to 0777 (e.g. 0640), got ${JSON.stringify(text)}`, 'mode');
   return parseInt(m[1], 8);
 }
+
+/** The --map flag of the commands that work in guest-physical addresses. */
+export const MAP_OPTION = {
+  type: 'string',
+  describe: 'a memory map file (the JSON that `ramsnap map --json` prints) instead of the machine\'s own map: for machines ramsnap does not know, or guests started with max-ram-below-4g, NUMA memory backends and the like',
+} as const;

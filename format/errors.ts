@@ -39,6 +39,8 @@ export const FormatCode = {
   BAD_HTAB: 'BAD_HTAB',
   /** s390-storage_attributes breaks its own format, or its sender marked it failed. */
   BAD_STORAGE_ATTRIBUTES: 'BAD_STORAGE_ATTRIBUTES',
+  /** A CPU section lacks a register an ELF core's notes need, or holds it in an unexpected shape (format/cpu-notes.ts). */
+  BAD_CPU_STATE: 'BAD_CPU_STATE',
   INCOMPLETE: 'INCOMPLETE',
   /** Only a warning code: bytes after EOF are never refused (SPEC §7.3, rules 59-60). */
   TRAILING_DATA: 'TRAILING_DATA',

@@ -182,7 +182,22 @@ const SYNC_CHUNK_BYTES = 256 << 10;
 /** The synchronous copy hands the event loop back this often (progress, signals). */
 const SYNC_SLICE_MS = 20;
 
-async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: string, opts: ExtractOptions): Promise<ExtractResult> {
+/** A part of a block copied to another place in the output (export: a guest-physical range of a core or flat image). */
+export interface CopyWindow {
+  /** Byte offset in the block of the first byte copied; a multiple of the block's page size. */
+  from: number;
+  /** Bytes copied; a multiple of the page size. */
+  length: number;
+  /** Output offset of the block's byte `from`. */
+  outputAt: number;
+}
+
+/**
+ * Copies a block (or the window of it) into `fd`: one read per chunk of
+ * present pages, one write per run of non-zero pages; the rest stays a
+ * hole. Shared by extract and export.
+ */
+export async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: string, opts: ExtractOptions & { window?: CopyWindow }): Promise<ExtractResult> {
   const ps = block.pageSize;
   const source = snap.source;
   // A mapped-ram block from a source that reads synchronously is copied on this thread: per read
@@ -197,8 +212,11 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
   let bytesPresent = 0;
   let lastProgressAt = 0;
 
-  const limitPages = Math.min(block.pages, Math.floor((opts.limitBytes ?? block.usedLength) / ps));
-  const chunks = opts.raw ? rawChunks(snap, block, chunkPages) : presentChunks(snap, block, chunkPages, limitPages);
+  const w = opts.window;
+  const limitPages = Math.min(block.pages, Math.floor((w ? w.from + w.length : opts.limitBytes ?? block.usedLength) / ps));
+  const chunks = opts.raw ? rawChunks(snap, block, chunkPages) : presentChunks(snap, block, chunkPages, w ? w.from / ps : 0, limitPages);
+  /** Output offset of block byte 0. */
+  const outBase = w ? w.outputAt - w.from : 0;
   const field = `ramblock[${block.name}].pages`;
   const pagesOffset = block.mappedRam?.pagesOffset ?? 0;
   const progress = (c: Chunk): void => {
@@ -216,7 +234,7 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
       readSync(pagesOffset + c.at, c.length, field, buf);
       bytesPresent += c.length;
       for (const [start, end] of nonZeroRuns(buf, c.length / ps, zeroPage)) {
-        writeAllSync(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
+        writeAllSync(fd, buf.subarray(start * ps, end * ps), outBase + c.at + start * ps, path);
         bytesWritten += (end - start) * ps;
       }
       progress(c);
@@ -242,7 +260,7 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
           await reader(c, buf, scratch);
           bytesPresent += c.length;
           for (const [start, end] of nonZeroRuns(buf, c.length / ps, zeroPage)) {
-            await writeAll(fd, buf.subarray(start * ps, end * ps), c.at + start * ps, path);
+            await writeAll(fd, buf.subarray(start * ps, end * ps), outBase + c.at + start * ps, path);
             bytesWritten += (end - start) * ps;
           }
         } catch (err) {
@@ -257,12 +275,12 @@ async function copyBlock(snap: Snapshot, block: RamBlock, fd: number, path: stri
     const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (rejected) throw rejected.reason;
   }
-  opts.onProgress?.(block.usedLength);
+  opts.onProgress?.(w ? w.from + w.length : block.usedLength);
   return { path, block: block.name, usedLength: block.usedLength, bytesWritten, bytesPresent };
 }
 
-function* presentChunks(snap: Snapshot, block: RamBlock, chunkPages: number, limitPages: number): Generator<Chunk> {
-  for (const r of snap.presentRuns(block, 0, limitPages, chunkPages)) {
+function* presentChunks(snap: Snapshot, block: RamBlock, chunkPages: number, fromPage: number, limitPages: number): Generator<Chunk> {
+  for (const r of snap.presentRuns(block, fromPage, limitPages, chunkPages)) {
     yield { at: r.first * block.pageSize, length: r.count * block.pageSize };
   }
 }

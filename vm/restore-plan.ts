@@ -15,11 +15,9 @@
 import fs from 'node:fs';
 import { RamsnapError, RamsnapUsageError } from '../format/errors.js';
 import { MAPPED_RAM_ALIGNMENT } from '../format/constants.js';
+import { mainRamBlock } from '../format/main-ram.js';
 import type { RamBlock } from '../reader/model.js';
 import type { Snapshot } from '../reader/snapshot.js';
-
-/** The machine RAM's block name by board: the machine class's default_ram_id in QEMU. */
-export const MAIN_RAM_NAMES = ['pc.ram', 'mach-virt.ram', 'ppc_spapr.ram', 'riscv_virt_board.ram', 's390.ram'];
 
 /**
  * Boards whose RAM is not the machine's memory backend: QEMU allocates it
@@ -122,12 +120,9 @@ export function planRestore(snap: Snapshot, snapshotPath: string, o: PlanRestore
 
 function chooseBlock(snap: Snapshot, name: string | undefined): { block: RamBlock; found: MappedBlockSource } {
   if (name !== undefined) return { block: snap.block(name), found: 'named' };
-  const known = snap.blocks.find((b) => MAIN_RAM_NAMES.includes(b.name));
-  if (known) return { block: known, found: 'machine RAM' };
-  // A VM started with -machine memory-backend=ID saves its RAM as block ID: the largest block.
-  const largest = snap.blocks.reduce<RamBlock | undefined>((a, b) => (!a || b.usedLength > a.usedLength ? b : a), undefined);
-  if (!largest) throw unsupported('the snapshot has no RAM blocks');
-  return { block: largest, found: 'largest block' };
+  const main = mainRamBlock(snap.blocks);
+  if (!main) throw unsupported('the snapshot has no RAM blocks');
+  return main;
 }
 
 /** `-m` takes MiB by default; say the unit so that any size in KiB is exact. */

@@ -1,0 +1,150 @@
+/**
+ * Guest-physical memory of a snapshot: the machine's memory map
+ * (format/phys-map.ts, or a map file the user gives), and reads by
+ * guest-physical address across it.
+ */
+import fs from 'node:fs';
+import { RamsnapFormatError, RamsnapUsageError, ioError } from '../format/errors.js';
+import { checkMap, hex, machineMap, noMemoryMap, type HostBridgeState, type PhysMap, type PhysRange, type RangeKind } from '../format/phys-map.js';
+import type { StateMap } from '../format/vmstate.js';
+import type { Snapshot } from './snapshot.js';
+
+/** Where each host bridge keeps PAM0 and the SMRAM register in its PCI configuration space (hw/pci-host/q35.c, i440fx.c). */
+const HOST_BRIDGES = [
+  { section: /\/mch$/, pam: 0x90, smram: 0x9d },
+  { section: /\/I440FX$/, pam: 0x59, smram: 0x72 },
+];
+const PAM_REGISTERS = 7;
+/** RAMBlocks of VGA devices, whose legacy window sits at 0xa0000 (hw/display/vga.c vga_common_init; qxl's VGA memory). */
+const VGA_BLOCKS = ['vga.vram', 'qxl.vgavram'];
+/** Most a map file may hold: a map is a few dozen ranges, and this one is read whole. */
+const MAX_MAP_FILE = 1 << 20;
+
+export interface MapOptions {
+  /** A map file (the JSON of `ramsnap map --json`) instead of the machine's own map. */
+  mapFile?: string;
+}
+
+/** The snapshot's memory map: the map file's if given, else the machine's. Checked against the blocks either way. */
+export function memoryMap(snap: Snapshot, o: MapOptions = {}): PhysMap {
+  const map = o.mapFile !== undefined ? readMapFile(o.mapFile) : builtinMap(snap);
+  checkMap(map, snap.blocks, o.mapFile !== undefined ? 'map' : snap.model.configuration?.machine ?? 'map');
+  return map;
+}
+
+function builtinMap(snap: Snapshot): PhysMap {
+  const machine = snap.model.configuration?.machine;
+  if (!machine) throw noMemoryMap('(none: the file has no configuration section)');
+  return machineMap({ machine, blocks: snap.blocks, hostBridge: hostBridge(snap), vga: snap.blocks.some((b) => VGA_BLOCKS.includes(b.name)) });
+}
+
+/** PAM and SMRAM from the host bridge's saved PCI configuration, when the device state was decoded. */
+function hostBridge(snap: Snapshot): HostBridgeState | undefined {
+  for (const d of snap.model.devices) {
+    const hb = HOST_BRIDGES.find((h) => h.section.test(d.section.name));
+    if (!hb || !(d.value instanceof Map)) continue;
+    const parent = (d.value as StateMap).get('parent_obj');
+    const config = parent instanceof Map ? parent.get('config[0]') ?? parent.get('config') : undefined;
+    const bytes = typeof config === 'string' ? Buffer.from(config.replaceAll(' ', ''), 'hex') : undefined;
+    if (!bytes || bytes.length < 0x100) {
+      throw new RamsnapFormatError('DEVICE_STATE_MISMATCH', `the host bridge's saved PCI configuration is not 256 bytes`, { field: `${d.section.name}.parent_obj.config`, offset: d.section.offset });
+    }
+    return { pam: bytes.subarray(hb.pam, hb.pam + PAM_REGISTERS), smram: bytes[hb.smram] };
+  }
+  return undefined;
+}
+
+/**
+ * A map file: `{"ranges": [{"start", "length", "block", "offset", "kind"}]}`,
+ * numbers as JSON numbers or "0x..." strings, kind "ram", "rom" or "romd"
+ * (default "ram"). `ramsnap map --json` writes this format.
+ */
+export function readMapFile(file: string): PhysMap {
+  let text: string;
+  try {
+    const st = fs.statSync(file);
+    if (!st.isFile()) throw new RamsnapUsageError('BAD_MAP', `map ${file} is not a regular file`, 'map');
+    if (st.size > MAX_MAP_FILE) throw new RamsnapUsageError('BAD_MAP', `map ${file} is ${st.size} bytes; a map is at most ${MAX_MAP_FILE}`, 'map');
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw err instanceof RamsnapUsageError ? err : ioError(err, file, 'read');
+  }
+  return parseMap(text, file);
+}
+
+export function parseMap(text: string, file = 'map'): PhysMap {
+  const bad = (msg: string, field = 'map'): RamsnapUsageError => new RamsnapUsageError('BAD_MAP', `${file}: ${msg}`, field);
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw bad(`not JSON (${(err as Error).message})`);
+  }
+  const list = (doc as { ranges?: unknown } | null)?.ranges;
+  if (!Array.isArray(list)) throw bad('needs a "ranges" list');
+  const ranges = list.map((x: unknown, i): PhysRange => {
+    const field = `map.ranges[${i}]`;
+    if (typeof x !== 'object' || x === null) throw bad(`range ${i} is not an object`, field);
+    const o = x as Record<string, unknown>;
+    const num = (k: string): number => {
+      const v = o[k];
+      const n = typeof v === 'number' ? v : typeof v === 'string' && /^(0x[0-9a-f]+|\d+)$/i.test(v) ? Number(v) : NaN;
+      if (!Number.isSafeInteger(n) || n < 0) throw bad(`range ${i}: ${k} must be a whole number (or a "0x..." string), got ${JSON.stringify(v)}`, `${field}.${k}`);
+      return n;
+    };
+    if (typeof o.block !== 'string') throw bad(`range ${i}: block must be a RAMBlock name`, `${field}.block`);
+    const kind = o.kind ?? 'ram';
+    if (kind !== 'ram' && kind !== 'rom' && kind !== 'romd') throw bad(`range ${i}: kind must be ram, rom or romd`, `${field}.kind`);
+    return { start: num('start'), length: num('length'), block: o.block, offset: num('offset'), kind: kind as RangeKind };
+  });
+  return { machine: 'file', ranges: ranges.sort((a, b) => a.start - b.start), notes: [`from ${file}`] };
+}
+
+/** Reads guest memory by guest-physical address. */
+export class PhysicalMemory {
+  constructor(
+    readonly snap: Snapshot,
+    readonly map: PhysMap,
+  ) {}
+
+  static open(snap: Snapshot, o: MapOptions = {}): PhysicalMemory {
+    return new PhysicalMemory(snap, memoryMap(snap, o));
+  }
+
+  /** The ranges that hold [addr, addr + length), clipped to it; NO_MEMORY_AT where a byte of it has none behind it. */
+  resolve(addr: number, length: number): PhysRange[] {
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(length) || addr < 0 || length < 0 || !Number.isSafeInteger(addr + length)) {
+      throw new RamsnapUsageError('OUT_OF_RANGE', `address ${addr} and length ${length} must be whole numbers`, 'phys');
+    }
+    const out: PhysRange[] = [];
+    let at = addr;
+    const end = addr + length;
+    for (const r of this.map.ranges) {
+      if (at >= end) break;
+      if (r.start + r.length <= at) continue;
+      if (r.start > at) break;
+      const take = Math.min(end, r.start + r.length) - at;
+      out.push({ ...r, start: at, length: take, offset: r.offset + (at - r.start) });
+      at += take;
+    }
+    if (at < end) {
+      const next = this.map.ranges.find((r) => r.start > at);
+      throw new RamsnapUsageError(
+        'NO_MEMORY_AT',
+        `nothing at guest-physical ${hex(at)}: no RAM or ROM there in the ${this.map.machine} memory map${next ? ` (the next range starts at ${hex(next.start)})` : ''}; see \`ramsnap map\``,
+        'phys',
+      );
+    }
+    return out;
+  }
+
+  /** Reads [addr, addr + length); absent pages read as zero. One read per run of present pages. */
+  async read(addr: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    const parts = this.resolve(addr, length);
+    const out = into ? into.subarray(0, length) : new Uint8Array(length);
+    for (const p of parts) {
+      await this.snap.read(p.block, p.offset, p.length, out.subarray(p.start - addr, p.start - addr + p.length));
+    }
+    return out;
+  }
+}

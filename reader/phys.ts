@@ -4,7 +4,7 @@
  * guest-physical address across it.
  */
 import fs from 'node:fs';
-import { RamsnapFormatError, RamsnapUsageError, ioError } from '../format/errors.js';
+import { FormatCode, RamsnapFormatError, RamsnapUsageError, ioError } from '../format/errors.js';
 import { checkMap, hex, machineMap, noMemoryMap, type HostBridgeState, type PhysMap, type PhysRange, type RangeKind } from '../format/phys-map.js';
 import type { StateMap } from '../format/vmstate.js';
 import type { Snapshot } from './snapshot.js';
@@ -26,30 +26,50 @@ export interface MapOptions {
 }
 
 /** The snapshot's memory map: the map file's if given, else the machine's. Checked against the blocks either way. */
-export function memoryMap(snap: Snapshot, o: MapOptions = {}): PhysMap {
-  const map = o.mapFile !== undefined ? readMapFile(o.mapFile) : builtinMap(snap);
+export async function memoryMap(snap: Snapshot, o: MapOptions = {}): Promise<PhysMap> {
+  const map = o.mapFile !== undefined ? readMapFile(o.mapFile) : await builtinMap(snap);
   checkMap(map, snap.blocks, o.mapFile !== undefined ? 'map' : snap.model.configuration?.machine ?? 'map');
   return map;
 }
 
-function builtinMap(snap: Snapshot): PhysMap {
+async function builtinMap(snap: Snapshot): Promise<PhysMap> {
   const machine = snap.model.configuration?.machine;
   if (!machine) throw noMemoryMap('(none: the file has no configuration section)');
-  return machineMap({ machine, blocks: snap.blocks, hostBridge: hostBridge(snap), vga: snap.blocks.some((b) => VGA_BLOCKS.includes(b.name)) });
+  return machineMap({ machine, blocks: snap.blocks, hostBridge: await hostBridge(snap), vga: snap.blocks.some((b) => VGA_BLOCKS.includes(b.name)) });
 }
 
-/** PAM and SMRAM from the host bridge's saved PCI configuration, when the device state was decoded. */
-function hostBridge(snap: Snapshot): HostBridgeState | undefined {
+/** Bytes of a PCI device's state before its configuration space: the PCIDevice vmstate's version_id (hw/pci/pci.c vmstate_pci_device). */
+const PCI_VERSION_ID_BYTES = 4;
+const PCI_CONFIG_BYTES = 256;
+
+/**
+ * PAM and SMRAM from the host bridge's saved PCI configuration. Decoded
+ * with the device description when the file has one; without it (QEMU's
+ * suppress-vmdesc), read where both host bridges keep it: their state
+ * begins with the PCIDevice state (q35 vmstate_mch, i440fx
+ * vmstate_i440fx: parent_obj first), a be32 version then the 256 bytes.
+ */
+async function hostBridge(snap: Snapshot): Promise<HostBridgeState | undefined> {
   for (const d of snap.model.devices) {
     const hb = HOST_BRIDGES.find((h) => h.section.test(d.section.name));
-    if (!hb || !(d.value instanceof Map)) continue;
-    const parent = (d.value as StateMap).get('parent_obj');
-    const config = parent instanceof Map ? parent.get('config[0]') ?? parent.get('config') : undefined;
-    const bytes = typeof config === 'string' ? Buffer.from(config.replaceAll(' ', ''), 'hex') : undefined;
-    if (!bytes || bytes.length < 0x100) {
-      throw new RamsnapFormatError('DEVICE_STATE_MISMATCH', `the host bridge's saved PCI configuration is not 256 bytes`, { field: `${d.section.name}.parent_obj.config`, offset: d.section.offset });
+    if (!hb) continue;
+    const field = `${d.section.name}.parent_obj.config`;
+    let config: Uint8Array | undefined;
+    if (d.value instanceof Map) {
+      const parent = (d.value as StateMap).get('parent_obj');
+      const hexBytes = parent instanceof Map ? parent.get('config[0]') ?? parent.get('config') : undefined;
+      config = typeof hexBytes === 'string' ? Buffer.from(hexBytes.replaceAll(' ', ''), 'hex') : undefined;
+    } else {
+      // Section header: type u8, section id be32, name length u8 and the name, instance id be32, version id be32.
+      const body = d.section.offset + 1 + 4 + 1 + Buffer.byteLength(d.section.name, 'latin1') + 4 + 4;
+      if (body + PCI_VERSION_ID_BYTES + PCI_CONFIG_BYTES <= d.section.end) {
+        config = await snap.source.read(body + PCI_VERSION_ID_BYTES, PCI_CONFIG_BYTES, field);
+      }
     }
-    return { pam: bytes.subarray(hb.pam, hb.pam + PAM_REGISTERS), smram: bytes[hb.smram] };
+    if (!config || config.length < PCI_CONFIG_BYTES) {
+      throw new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, `the host bridge's saved PCI configuration is not ${PCI_CONFIG_BYTES} bytes`, { field, offset: d.section.offset });
+    }
+    return { pam: config.slice(hb.pam, hb.pam + PAM_REGISTERS), smram: config[hb.smram] };
   }
   return undefined;
 }
@@ -107,8 +127,8 @@ export class PhysicalMemory {
     readonly map: PhysMap,
   ) {}
 
-  static open(snap: Snapshot, o: MapOptions = {}): PhysicalMemory {
-    return new PhysicalMemory(snap, memoryMap(snap, o));
+  static async open(snap: Snapshot, o: MapOptions = {}): Promise<PhysicalMemory> {
+    return new PhysicalMemory(snap, await memoryMap(snap, o));
   }
 
   /** The ranges that hold [addr, addr + length), clipped to it; NO_MEMORY_AT where a byte of it has none behind it. */

@@ -68,7 +68,7 @@ const DATA_ALIGN = 4096;
 
 export async function exportSnapshot(snap: Snapshot, output: string, o: ExportOptions): Promise<ExportResult> {
   // Everything that can refuse (the map, the CPU state) is settled before the output is created.
-  const map = memoryMap(snap, { mapFile: o.mapFile });
+  const map = await memoryMap(snap, { mapFile: o.mapFile });
   const plan = o.format === 'elf' ? planElf(snap, map) : planRaw(snap, map);
   const temp = TempFile.create(output, { force: o.force, mode: o.mode });
   try {

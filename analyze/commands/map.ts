@@ -33,7 +33,7 @@ export function mapJson(map: PhysMap, blocks: { name: string }[]): object {
 export async function handler(args: ArgumentsCamelCase<MapArgs>): Promise<void> {
   const { snap, guard } = await openGuarded(args.file, { ...openOptions(args), decodeDevices: true });
   try {
-    const map = memoryMap(snap, { mapFile: args.map });
+    const map = await memoryMap(snap, { mapFile: args.map });
     guard.check(snap.model.streamOffset);
     if (args.json) {
       process.stdout.write(JSON.stringify(mapJson(map, snap.blocks), null, 2) + '\n');

@@ -50,7 +50,7 @@ export async function handler(args: ArgumentsCamelCase<ReadArgs>): Promise<void>
     let read: (from: number, n: number, into?: Uint8Array) => Promise<Uint8Array>;
     let what: Record<string, string | number>;
     if (phys) {
-      const mem = PhysicalMemory.open(snap, { mapFile: args.map });
+      const mem = await PhysicalMemory.open(snap, { mapFile: args.map });
       mem.resolve(at, length);
       read = (from, n, into) => mem.read(from, n, into);
       what = { phys: `0x${at.toString(16)}` };

@@ -306,7 +306,15 @@ export async function runInput(ctx: CheckContext, recipe: Recipe, opts: RunOptio
     [['dump', '--desc', file], true],
   ];
   if (blockNames.length) readOnly.push([['read', file, '--block', blockNames[0], '--at', '0', '--length', '64'], false]);
+  // Guest-physical memory: the map (machine type, block sizes and the chipset registers all come from the file) and a core.
+  readOnly.push([['map', '--json', file], true], [['read', file, '--phys', even ? '0xfffffff0' : '0x40000000', '--length', '16'], false]);
   for (const [argv, json] of readOnly) results.set(argv.join(' '), await cli([...argv, ...offArgs], json));
+  const core = path.join(deep, 'core');
+  const exported = await cli(['export', file, '--format', 'elf', '-o', core, ...offArgs], false);
+  results.set('export', exported);
+  // A failed export leaves nothing; a core that was written is removed before the sandbox is looked at.
+  if (exported.exit !== 0 && fs.existsSync(core)) run.fail('escape', 'export', `export failed (${exported.exit}) and left ${core}`);
+  fs.rmSync(core, { force: true });
 
   // 3. extract: strict into out1; --salvage into out2 with symlinks planted at the names it will use, then --force.
   const out1 = path.join(deep, 'out1');

@@ -31,6 +31,33 @@ export async function rounds(contenders: Contender[], runs: number, log: (s: str
   return new Map([...times].map(([k, v]) => [k, { medianMs: median(v), runsMs: v }]));
 }
 
+/** Removes an output (file or directory) if it is there. */
+export const rmOut = (p: string): void => fs.rmSync(p, { recursive: true, force: true });
+
+/** A contender's run: times `fn`, then removes `out` outside the timing (and before, in case a failed run left it). */
+export function timedThenDrop(out: string, fn: () => number | Promise<number>): () => Promise<number> {
+  return async () => {
+    rmOut(out);
+    try {
+      return await fn();
+    } finally {
+      rmOut(out);
+    }
+  };
+}
+
+/** The median of the contender `name` (which must have run). */
+export function ms(m: Medians, name: string): number {
+  const r = m.get(name);
+  if (!r) throw new Error(`no timing for ${name}`);
+  return r.medianMs;
+}
+
+/** Every timed run of a group, in seconds, so the noise behind a median is on record. */
+export function runsText(label: string, m: Medians): string {
+  return `runs (s), ${label}: ${[...m].map(([name, r]) => `${name} ${r.runsMs.map((x) => (x / 1000).toFixed(2)).join('/')}`).join('; ')}`;
+}
+
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = Math.floor(s.length / 2);

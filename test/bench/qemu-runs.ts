@@ -1,7 +1,8 @@
 /**
- * QEMU's own save and restore, timed as a user waits for them: from the
- * QMP command (`migrate` / `migrate-incoming`) to the first query-migrate
- * that says `completed`. QEMU's start and quit are not counted.
+ * QEMU's own save, restore and dump, timed as a user waits for them: from
+ * the QMP command (`migrate` / `migrate-incoming` / `dump-guest-memory`) to
+ * the first query-migrate / query-dump that says `completed`. QEMU's start
+ * and quit are not counted.
  */
 import { performance } from 'node:perf_hooks';
 import { Qemu, kvmAvailable, sleep } from '../../fixtures/qemu.js';
@@ -85,11 +86,34 @@ export async function qemuSave(guest: Guest, file: string, caps: Record<string, 
 
 /** Restores `file` into a fresh QEMU started with -incoming defer. */
 export async function qemuRestore(guest: Guest, file: string, caps: Record<string, boolean>, params: Record<string, unknown> = {}): Promise<Timed> {
+  return withRestored(guest, file, caps, params, async () => undefined);
+}
+
+/** Restores `file` into a fresh QEMU (timed as qemuRestore), then hands the paused VM to `fn`; QEMU quits after. */
+export async function withRestored<T>(guest: Guest, file: string, caps: Record<string, boolean>, params: Record<string, unknown>, fn: (q: Qemu) => Promise<T>): Promise<Timed & { result: T }> {
   return withQemu(guest, true, async (q) => {
     await configure(q, caps, params);
     const t0 = performance.now();
     await q.cmd('migrate-incoming', { uri: `file:${file}`, 'exit-on-error': false });
     await waitCompleted(q, 120_000);
-    return { wallMs: performance.now() - t0 };
+    const wallMs = performance.now() - t0;
+    return { wallMs, result: await fn(q) };
   });
+}
+
+/**
+ * QEMU's `dump-guest-memory` of a running QEMU's guest to `out`, paging off
+ * (an ELF core of guest-physical memory, written densely), detached so the
+ * clock stops at the first query-dump that says `completed`: its wall time.
+ */
+export async function qemuDump(q: Qemu, out: string, timeoutMs = 300_000): Promise<number> {
+  const t0 = performance.now();
+  await q.cmd('dump-guest-memory', { paging: false, protocol: `file:${out}`, detach: true });
+  for (;;) {
+    const st = (await q.cmd('query-dump')) as { status: string };
+    if (st.status === 'completed') return performance.now() - t0;
+    if (st.status === 'failed') throw new Error(`dump-guest-memory failed: ${q.log.trim()}`);
+    if (performance.now() - t0 > timeoutMs) throw new Error(`dump-guest-memory did not finish in ${timeoutMs} ms: ${JSON.stringify(st)}`);
+    await sleep(POLL_MS);
+  }
 }

@@ -33,72 +33,14 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RECORD_ADDR, RECORD_SIZE, decodeDirtyGuestRecord, startDirtyGuest } from '../../fixtures/dirty-guest.js';
 import { Qemu, kvmAvailable, sleep } from '../../fixtures/qemu.js';
-import { GiB, MiB, PAGE_SIZE, PageFiller, writeMemoryFile } from './guest.js';
+import { GiB, MiB, PAGE_SIZE } from './guest.js';
 import { median, rounds } from './measure.js';
-import { QEMU_BINARY, qemuRestore, qemuSave, type Guest } from './qemu-runs.js';
+import { QEMU_BINARY, qemuRestore } from './qemu-runs.js';
+import { accel, createdGuest, ramGuest, savedGuest, type TableCtx as Ctx } from './snapshots.js';
 import { ratioRow, type Row } from './table.js';
 
 const RESTORE_GOAL = 0.25;
 const FLAT_GOAL = 2;
-
-interface Ctx {
-  tmp: string;
-  cli: string;
-  runs: number;
-  log: (s: string) => void;
-  notes: string[];
-}
-
-const accel = (): string[] => ['-accel', kvmAvailable() ? 'kvm' : 'tcg'];
-
-/** A guest of `bytes` (half of it data, from writeMemoryFile) saved by QEMU with mapped-ram, never run: its file. */
-async function savedGuest(c: Ctx, name: string, bytes: number): Promise<string> {
-  const file = path.join(c.tmp, `restore-${name}.mig`);
-  const memFile = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : c.tmp, `ramsnap-bench-restore-${process.pid}-${name}.mem`);
-  writeMemoryFile(memFile, bytes);
-  try {
-    const backend = `memory-backend-file,id=mem0,mem-path=${memFile},share=on,size=${bytes}`;
-    await qemuSave({ dir: c.tmp, args: [...machine(bytes), '-object', backend] }, file, { 'mapped-ram': true }, {}, 600_000);
-  } finally {
-    fs.rmSync(memFile, { force: true });
-  }
-  return file;
-}
-
-/** Guest physical addresses of the 1 MiB blobs of the RAM-only guests (as the 64 GiB guest of the main bench). */
-const BLOBS = [0x200000, 0x40000000, 0x1000000000];
-
-/**
- * A RAM-only q35 snapshot of `bytes` made by `ramsnap create` from a sparse
- * raw image with 1 MiB at each of BLOBS below its size. QEMU cannot save a
- * 64 GiB guest here: under TCG its save faults in every page of guest RAM
- * (4 GiB of RSS for an untouched 4 GiB guest, measured), so the kernel
- * kills it long before 64 GiB.
- */
-function createdGuest(c: Ctx, name: string, bytes: number): string {
-  const raw = path.join(c.tmp, `restore-${name}.raw`);
-  const file = path.join(c.tmp, `restore-${name}.mig`);
-  const fd = fs.openSync(raw, 'w');
-  try {
-    fs.ftruncateSync(fd, bytes);
-    const filler = new PageFiller(0xb16);
-    const buf = Buffer.alloc(MiB);
-    for (const at of BLOBS.filter((a) => a + MiB <= bytes)) {
-      filler.fill(buf, at / PAGE_SIZE, MiB / PAGE_SIZE);
-      fs.writeSync(fd, buf, 0, MiB, at);
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  const r = spawnSync(process.execPath, [c.cli, 'create', '-o', file, '--machine', 'pc-q35-10.0', '--ram', `pc.ram=${raw}`], { encoding: 'utf8' });
-  fs.rmSync(raw, { force: true });
-  if (r.status !== 0) throw new Error(`ramsnap create: ${r.stderr}`);
-  return file;
-}
-
-function machine(bytes: number): string[] {
-  return ['-machine', 'q35,memory-backend=mem0', ...accel(), '-m', `${bytes / MiB}M`];
-}
 
 /** The QEMU arguments ramsnap prints for `file` (machine, memory, backend). */
 function mappedArgs(c: Ctx, file: string): string[] {
@@ -138,12 +80,12 @@ export async function restoreTable(c: Ctx): Promise<Row[]> {
   for (const { label, bytes, made } of guests) {
     c.log(`restore: the ${label} guest (${made === 'qemu' ? "QEMU's save" : 'ramsnap create'})`);
     const name = label.replaceAll(' ', '-');
-    const file = made === 'qemu' ? await savedGuest(c, name, bytes) : createdGuest(c, name, bytes);
+    const file = made === 'qemu' ? await savedGuest(c, `restore-${name}`, bytes) : createdGuest(c, `restore-${name}`, bytes);
     if (bytes === 2 * GiB) twoGiB = file;
     const args = [...accel(), ...mappedArgs(c, file)];
     // QEMU's restore target: the same machine with ordinary RAM named as the block (mem0 or pc.ram).
     const block = made === 'qemu' ? 'mem0' : 'pc.ram';
-    const plain: Guest = { dir: c.tmp, args: ['-machine', `q35,memory-backend=${block}`, ...accel(), '-m', `${bytes / MiB}M`, '-object', `memory-backend-ram,id=${block},size=${bytes},reserve=off`] };
+    const plain = ramGuest(c.tmp, bytes, block);
     const m = await rounds(
       [
         {
@@ -219,7 +161,7 @@ async function cloneMemory(c: Ctx, file: string): Promise<Row[]> {
       const vms: Qemu[] = [];
       try {
         for (let i = 0; i < n; i++) {
-          const { q, sock } = await target(c, kind === 'mapped' ? args : [...machine(bytes), '-object', `memory-backend-ram,id=mem0,size=${bytes},reserve=off`]);
+          const { q, sock } = await target(c, kind === 'mapped' ? args : ramGuest(c.tmp, bytes).args);
           vms.push(q);
           if (kind === 'mapped') await runRestore(c, file, sock);
           else {

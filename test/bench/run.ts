@@ -97,7 +97,8 @@
  * BENCH_ONLY=extract (only the 2 GiB mapped-ram extract group),
  * BENCH_ONLY=sparse-create (only the 64 GiB guest and the create from its
  * sparse raw image), BENCH_ONLY=restore (only the restore table:
- * test/bench/restore.ts).
+ * test/bench/restore.ts), BENCH_ONLY=export (only the export table:
+ * test/bench/export.ts).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -107,11 +108,13 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { qemuAvailable, kvmAvailable } from '../../fixtures/qemu.js';
 import { GiB, MiB, PAGE_SIZE, PageFiller, sameContent, sameSparseContent, writeMemoryFile, writeSyntheticSnapshot } from './guest.js';
-import { haveGnuTime, inProcess, median, peakRssKiB, rounds, timeCommand, type Contender, type Medians } from './measure.js';
+import { haveGnuTime, inProcess, median, ms, peakRssKiB, rmOut, rounds, runsText, timeCommand, timedThenDrop, type Contender, type Medians } from './measure.js';
 import { QEMU_BINARY, q35Args, qemuRestore, qemuSave, quitAllQemu, type Guest } from './qemu-runs.js';
 import { contextRow, memoryRow, ratioRow, renderTable, skipRow, timeLimitRow, type Row } from './table.js';
 import { precopyTable, realSaves } from './precopy.js';
 import { restoreTable } from './restore.js';
+import { exportTable } from './export.js';
+import type { TableCtx } from './snapshots.js';
 
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 3));
 const VERBOSE = process.env.BENCH_VERBOSE === '1';
@@ -163,19 +166,6 @@ process.once('SIGINT', () => {
 
 const ramsnapArgs = (args: string[]): string[] => [CLI, ...args];
 const ramsnap = (args: string[]): number => timeCommand(process.execPath, ramsnapArgs(args));
-const rmOut = (p: string): void => fs.rmSync(p, { recursive: true, force: true });
-
-/** Times `fn` and then removes `out`, outside the timing. */
-function timedThenDrop(out: string, fn: () => number): () => Promise<number> {
-  return async () => {
-    rmOut(out);
-    try {
-      return fn();
-    } finally {
-      rmOut(out);
-    }
-  };
-}
 
 function fileFacts(label: string, file: string, made: string): void {
   const st = fs.statSync(file);
@@ -226,16 +216,14 @@ async function main(): Promise<void> {
     process.stdout.write('\n' + renderTable([...rows, ...contextRows]) + '\n\n' + notes.map((n) => `- ${n}`).join('\n') + '\n');
     return;
   }
-  // BENCH_ONLY=restore: only the restore table (test/bench/restore.ts).
+  // BENCH_ONLY=restore / export: only that table. Export's 64 GiB rows run without QEMU too.
   if (ONLY === 'restore' || (ONLY === undefined && haveQemu)) {
-    log('restore: mapped restores against QEMU\'s own');
-    const restoreRows = await restoreTable({ tmp, cli: CLI, runs: RUNS, log: progress, notes });
-    process.stdout.write('\nRestore (issue 9)\n\n' + renderTable(restoreRows) + '\n\n');
-    rows.push(...restoreRows.filter((r) => r.verdict !== 'info'));
-    if (ONLY === 'restore') {
-      process.stdout.write(notes.map((n) => `- ${n}`).join('\n') + '\n');
-      return;
-    }
+    log("restore: mapped restores against QEMU's own");
+    if (await tableOfItsOwn('restore', 'Restore (issue 9)', restoreTable)) return;
+  }
+  if (ONLY === 'export' || ONLY === undefined) {
+    log("export: ELF cores and raw images against QEMU's dump-guest-memory and cp");
+    if (await tableOfItsOwn('export', 'Export (issue 10)', exportTable)) return;
   }
   // BENCH_ONLY=precopy: only the precopy table (issue 4), a minute or two.
   if (ONLY !== 'precopy') {
@@ -599,6 +587,20 @@ async function extractGroup(inputs: Inputs, haveQemu: boolean): Promise<void> {
   }
 }
 
+/**
+ * A table printed on its own (restore.ts, export.ts); its judged rows also
+ * count in the summary. True when BENCH_ONLY named it: the notes are then
+ * printed and the bench is done.
+ */
+async function tableOfItsOwn(name: string, title: string, table: (c: TableCtx) => Promise<Row[]>): Promise<boolean> {
+  const own = await table({ tmp, cli: CLI, runs: RUNS, log: progress, notes });
+  process.stdout.write(`\n${title}\n\n${renderTable(own)}\n\n`);
+  rows.push(...own.filter((r) => r.verdict !== 'info'));
+  if (ONLY !== name) return false;
+  process.stdout.write(notes.map((n) => `- ${n}`).join('\n') + '\n');
+  return true;
+}
+
 /** QEMU's analyze-migration.py when ANALYZE_MIGRATION names a copy, or why it is not used. */
 function analyzeMigration(): { python: string; script: string } | { skip: string } {
   const script = process.env.ANALYZE_MIGRATION;
@@ -787,16 +789,8 @@ function bareNodeMaxRssKiB(): number {
   return Number(r.stdout);
 }
 
-/** Every timed run of a group, so the noise behind a median is on record. */
 function runsNote(label: string, m: Medians): void {
-  const each = [...m].map(([name, r]) => `${name} ${r.runsMs.map((x) => (x / 1000).toFixed(2)).join('/')}`);
-  notes.push(`runs (s), ${label}: ${each.join('; ')}`);
-}
-
-function ms(m: Medians, name: string): number {
-  const r = m.get(name);
-  if (!r) throw new Error(`no timing for ${name}`);
-  return r.medianMs;
+  notes.push(runsText(label, m));
 }
 
 function freeBytes(dir: string): number {

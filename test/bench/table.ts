@@ -52,6 +52,14 @@ export function memoryRow(metric: string, kib: number, refKib: number, refName: 
   };
 }
 
+const sizeText = (bytes: number): string => (bytes >= 10 * 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(0)} MiB` : `${(bytes / 1024).toFixed(0)} KiB`);
+
+/** A size in bytes (an output's allocated space) against a reference size; information, no goal. */
+export function sizeRow(metric: string, bytes: number, refBytes: number, refName: string): Row {
+  const r = bytes / refBytes;
+  return { metric, ramsnap: sizeText(bytes), reference: `${sizeText(refBytes)} ${refName}`, ratio: r < 0.01 ? `${r.toExponential(1)}x` : times(r), target: '-', verdict: 'info' };
+}
+
 /** A number about QEMU kept for later comparisons (no ramsnap side yet). */
 export function contextRow(metric: string, refMs: number, refName: string): Row {
   return { metric, ramsnap: '-', reference: `${seconds(refMs)} ${refName}`, ratio: '-', target: '-', verdict: 'info' };

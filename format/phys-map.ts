@@ -55,6 +55,8 @@ export interface MachineFacts {
   hostBridge?: HostBridgeState;
   /** A VGA device answers at 0xa0000-0xbffff (its legacy window) while SMRAM is closed. */
   vga: boolean;
+  /** RAM of PCI devices at the address their BAR was given (a VGA framebuffer), when memory decoding is on. */
+  pciRam?: { block: string; start: number }[];
 }
 
 const KiB = 1024;
@@ -174,6 +176,10 @@ function x86Map(f: MachineFacts, q35: boolean, version: number): PhysMap {
   }
   r.add(FOUR_GIB, above, ram.name, below, 'ram');
   firmware(f, r, notes);
+  for (const bar of f.pciRam ?? []) {
+    const size = r.size(bar.block);
+    if (size !== undefined) r.add(bar.start, size, bar.block, 0, 'ram');
+  }
   return r.map(f.machine, notes);
 }
 

@@ -15,8 +15,18 @@ const HOST_BRIDGES = [
   { section: /\/I440FX$/, pam: 0x59, smram: 0x72 },
 ];
 const PAM_REGISTERS = 7;
-/** RAMBlocks of VGA devices, whose legacy window sits at 0xa0000 (hw/display/vga.c vga_common_init; qxl's VGA memory). */
-const VGA_BLOCKS = ['vga.vram', 'qxl.vgavram'];
+/**
+ * RAMBlocks of VGA devices, whose legacy window sits at 0xa0000
+ * (hw/display/vga.c vga_common_init; qxl's VGA memory). A PCI device's
+ * blocks are named after its address: "0000:00:01.0/vga.vram".
+ */
+const VGA_BLOCK = /(^|\/)(vga\.vram|qxl\.vgavram)$/;
+/** A VGA framebuffer that BAR 0 of its PCI device maps (std VGA, virtio-vga: hw/display/vga-pci.c, virtio-vga.c). */
+const PCI_FRAMEBUFFER = /^([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\/vga\.vram$/;
+/** PCI configuration space: the command register (bit 1: memory space decoding on) and BAR 0 (hw/pci/pci_regs.h). */
+const PCI_COMMAND = 0x04;
+const PCI_COMMAND_MEMORY = 0x2;
+const PCI_BAR0 = 0x10;
 /** Most a map file may hold: a map is a few dozen ranges, and this one is read whole. */
 const MAX_MAP_FILE = 1 << 20;
 
@@ -35,7 +45,53 @@ export async function memoryMap(snap: Snapshot, o: MapOptions = {}): Promise<Phy
 async function builtinMap(snap: Snapshot): Promise<PhysMap> {
   const machine = snap.model.configuration?.machine;
   if (!machine) throw noMemoryMap('(none: the file has no configuration section)');
-  return machineMap({ machine, blocks: snap.blocks, hostBridge: await hostBridge(snap), vga: snap.blocks.some((b) => VGA_BLOCKS.includes(b.name)) });
+  return machineMap({ machine, blocks: snap.blocks, hostBridge: await hostBridge(snap), vga: snap.blocks.some((b) => VGA_BLOCK.test(b.name)), pciRam: framebuffers(snap) });
+}
+
+/** Red Hat's PCI vendor id, which every virtio-pci device has (hw/pci/pci_ids.h PCI_VENDOR_ID_REDHAT_QUMRANET). */
+const VIRTIO_PCI_VENDOR = 0x1af4;
+
+/**
+ * The saved PCI configuration space of a decoded device section:
+ * `dev.config` or `parent_obj.config`; for a virtio-pci device, inside the
+ * `virtio` field, whose transport state starts as the PCI device state
+ * does (be32 version, then the configuration space; hw/virtio/virtio-pci.c
+ * virtio_pci_save_config).
+ */
+function pciConfig(value: unknown): Uint8Array | undefined {
+  if (!(value instanceof Map)) return undefined;
+  const hex = (v: unknown): Buffer | undefined => (typeof v === 'string' ? Buffer.from(v.replaceAll(' ', ''), 'hex') : undefined);
+  for (const key of ['dev', 'parent_obj']) {
+    const dev = (value as StateMap).get(key);
+    const config = dev instanceof Map ? hex(dev.get('config[0]') ?? dev.get('config')) : undefined;
+    if (config) return config;
+  }
+  const virtio = hex((value as StateMap).get('virtio'));
+  const config = virtio?.subarray(PCI_VERSION_ID_BYTES, PCI_VERSION_ID_BYTES + PCI_CONFIG_BYTES);
+  return config && config.length === PCI_CONFIG_BYTES && config.readUInt16LE(0) === VIRTIO_PCI_VENDOR ? config : undefined;
+}
+
+/**
+ * VGA framebuffers where the firmware put them: BAR 0 of the device whose
+ * address names the block, when the device decodes memory. A device that
+ * has not been set up yet (BAR 0 still 0, or decoding off) maps nothing.
+ */
+function framebuffers(snap: Snapshot): { block: string; start: number }[] {
+  const out: { block: string; start: number }[] = [];
+  for (const b of snap.blocks) {
+    const pci = PCI_FRAMEBUFFER.exec(b.name)?.[1];
+    if (!pci) continue;
+    const config = snap.model.devices.filter((d) => d.section.name.startsWith(`${pci}/`)).map((d) => pciConfig(d.value)).find((c) => c && c.length >= 0x40);
+    if (!config || !(config[PCI_COMMAND] & PCI_COMMAND_MEMORY)) continue;
+    const bar = Buffer.from(config.buffer, config.byteOffset, config.length);
+    const low = bar.readUInt32LE(PCI_BAR0);
+    if (low & 1) continue; // an I/O BAR
+    // Bits 2:1 = 2: a 64-bit BAR, its high half in the next one.
+    const high = (low & 0x6) === 0x4 ? bar.readUInt32LE(PCI_BAR0 + 4) : 0;
+    const start = high * 2 ** 32 + ((low & ~0xf) >>> 0);
+    if (start > 0 && start % b.pageSize === 0 && Number.isSafeInteger(start + b.usedLength)) out.push({ block: b.name, start });
+  }
+  return out;
 }
 
 /** Bytes of a PCI device's state before its configuration space: the PCIDevice vmstate's version_id (hw/pci/pci.c vmstate_pci_device). */

@@ -117,6 +117,20 @@ const GUESTS: Guest[] = [
     gdb: [[0x200000, 0x201000], [0xe0000, 0x100000], [FOUR_GIB - 0x1000, FOUR_GIB], [0x100200000, 0x100201000]],
   },
   {
+    title: 'q35 128 MiB with a std VGA, booted (the VGA window, the framebuffer at its BAR)',
+    binary: 'qemu-system-x86_64',
+    args: [...X86_ACCEL, '-machine', 'q35', '-m', '128M', '-smp', '1', '-device', 'VGA'],
+    bootMs: 3000,
+    window: 'ram',
+    blobs: [0x200000],
+    // 0xa0000-0xbffff is the VGA's window (device memory), in neither core; SeaBIOS put the framebuffer at 0xfd000000.
+    pmem: [[0, 0xa0000], [0xc0000, 128 * MiB], [0xfd000000, 0xfe000000], X86_BIOS],
+    machine: EM_386,
+    notes: ['CORE/1', 'QEMU/0'],
+    map: [pcRamAt(0x200000), { at: 0xfd000000, block: '0000:00:01.0/vga.vram', offset: 0 }],
+    gdb: [[0x200000, 0x201000], [0xfd000000, 0xfd001000]],
+  },
+  {
     title: 'aarch64 virt cortex-a57 256 MiB, two CPUs, never run',
     binary: 'qemu-system-aarch64',
     args: ['-accel', 'tcg', '-machine', 'virt', '-cpu', 'cortex-a57', '-m', '256M', '-smp', '2'],

@@ -6,6 +6,7 @@ export { Snapshot, type OpenOptions, type PresentRun } from './reader/snapshot.j
 export type { SnapshotModel, RamBlock, SectionRecord, CommandRecord, DeviceState, Finding } from './reader/model.js';
 export { FileSource, BufferSource, VirtualSource, type RandomAccessSource } from './reader/source.js';
 export { extractBlock, extractBlocks, blockFileName, blockFileNames, type ExtractOptions, type ExtractOutput, type ExtractResult } from './reader/extract.js';
+export { diffSnapshots, type SnapshotDiff, type BlockDiff, type PageRange, type PageChange } from './reader/diff.js';
 export { PhysicalMemory, memoryMap, parseMap, readMapFile, type MapOptions } from './reader/phys.js';
 export { machineMap, checkMap, coreSegments, type PhysMap, type PhysRange, type RangeKind, type MachineFacts } from './format/phys-map.js';
 export { x86Cpu, x86Notes, arm64Cpu, arm64Notes, type CpuSection } from './format/cpu-notes.js';

@@ -104,6 +104,8 @@ export interface FormatErrorDetails {
 /** Base class: everything ramsnap throws on purpose. */
 export class RamsnapError extends Error {
   readonly code: string;
+  /** The status the CLI exits with, where a command sets its own (diff: 2 for any trouble, as cmp); else by class. */
+  exitStatus?: number;
   constructor(code: string, message: string) {
     super(message);
     this.name = new.target.name;

@@ -25,6 +25,8 @@ import * as restore from './commands/restore.js';
 import * as map from './commands/map.js';
 import * as exportCommand from './commands/export.js';
 import * as diff from './commands/diff.js';
+import * as delta from './commands/delta.js';
+import * as apply from './commands/apply.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
 import { errorLine, printable } from './human.js';
@@ -43,6 +45,8 @@ export function buildCli(argv: string[]): Argv {
     .command(map)
     .command(exportCommand)
     .command(diff)
+    .command(delta)
+    .command(apply)
     .command(dump)
     .command(create)
     .command(convert)

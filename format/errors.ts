@@ -41,6 +41,8 @@ export const FormatCode = {
   BAD_STORAGE_ATTRIBUTES: 'BAD_STORAGE_ATTRIBUTES',
   /** A CPU section lacks a register an ELF core's notes need, or holds it in an unexpected shape (format/cpu-notes.ts). */
   BAD_CPU_STATE: 'BAD_CPU_STATE',
+  /** A delta's record of its base (format/delta.ts) is malformed, or its pages do not make the memory it promises. */
+  BAD_DELTA: 'BAD_DELTA',
   INCOMPLETE: 'INCOMPLETE',
   /** Only a warning code: bytes after EOF are never refused (SPEC §7.3, rules 59-60). */
   TRAILING_DATA: 'TRAILING_DATA',

@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import { zeroPageOf, isZeroPage } from '../format/zero-pages.js';
 import type { RamBlock } from './model.js';
 import { FileSource } from './source.js';
-import type { PresentRun, Snapshot } from './snapshot.js';
+import type { Snapshot } from './snapshot.js';
 
 export type PageChange = 'added' | 'removed' | 'changed';
 
@@ -92,61 +92,83 @@ function emptyDiff(block: RamBlock): BlockDiff {
   return { block: block.name, pageSize: block.pageSize, pages: block.pages, added: [], removed: [], changed: [], totals: { added: 0, removed: 0, changed: 0 } };
 }
 
-/** The union of two sorted run lists, cut into pieces of at most `max` pages. */
-function* unionRuns(x: Iterator<PresentRun>, y: Iterator<PresentRun>, max: number): Generator<PageRange> {
-  let rx = x.next();
-  let ry = y.next();
+/** The union of sorted run lists (each file's present runs of one block), cut into pieces of at most `max` pages. */
+export function* unionRuns(lists: Iterator<PageRange>[], max: number): Generator<PageRange> {
+  const heads = lists.map((it) => it.next());
   let cur: PageRange | undefined;
-  const take = (r: PresentRun): PageRange | undefined => {
-    if (cur && r.first <= cur.first + cur.count) {
-      cur.count = Math.max(cur.count, r.first + r.count - cur.first);
-      return undefined;
-    }
-    const done = cur;
-    cur = { first: r.first, count: r.count };
-    return done;
-  };
   const emit = function* (r: PageRange): Generator<PageRange> {
     for (let at = r.first; at < r.first + r.count; at += max) yield { first: at, count: Math.min(max, r.first + r.count - at) };
   };
-  while (!rx.done || !ry.done) {
-    let done: PageRange | undefined;
-    if (ry.done || (!rx.done && rx.value.first <= ry.value.first)) {
-      done = take(rx.value);
-      rx = x.next();
+  for (;;) {
+    // The list whose next run starts first (a handful of lists: a scan is enough).
+    let i = -1;
+    for (let k = 0; k < heads.length; k++) if (!heads[k].done && (i < 0 || heads[k].value.first < heads[i].value.first)) i = k;
+    if (i < 0) break;
+    const r = heads[i].value as PageRange;
+    heads[i] = lists[i].next();
+    if (cur && r.first <= cur.first + cur.count) {
+      cur.count = Math.max(cur.count, r.first + r.count - cur.first);
     } else {
-      done = take(ry.value);
-      ry = y.next();
+      if (cur) yield* emit(cur);
+      cur = { first: r.first, count: r.count };
     }
-    if (done) yield* emit(done);
   }
   if (cur) yield* emit(cur);
 }
 
-async function diffBlock(a: Snapshot, blockA: RamBlock, b: Snapshot, blockB: RamBlock): Promise<BlockDiff> {
-  const d = emptyDiff(blockA);
+/** How a page of B compares with the same page of A. */
+export const PageKind = { SAME: 0, ADDED: 1, REMOVED: 2, CHANGED: 3 } as const;
+
+export interface ComparedChunk {
+  /** First page of the chunk. */
+  first: number;
+  count: number;
+  /** B's bytes of the chunk (a buffer reused for the next chunk). */
+  bytesB: Buffer;
+  /** A's bytes of the chunk (reused too). */
+  bytesA: Buffer;
+  /** PageKind of each page of the chunk (reused too). */
+  kinds: Uint8Array;
+}
+
+/**
+ * Compares a block of A with the same block of B, a chunk of pages at a
+ * time, over the union of both files' present runs: pages absent from
+ * both are never read. Used by diff and by delta.
+ */
+export async function* comparePages(a: Snapshot, blockA: RamBlock, b: Snapshot, blockB: RamBlock): AsyncGenerator<ComparedChunk> {
   const ps = blockA.pageSize;
   const bufA = Buffer.allocUnsafe(CHUNK_PAGES * ps);
   const bufB = Buffer.allocUnsafe(CHUNK_PAGES * ps);
+  const kinds = new Uint8Array(CHUNK_PAGES);
   const zero = zeroPageOf(ps);
-  const note = (kind: PageChange, page: number): void => {
-    const list = d[kind];
-    const last = list[list.length - 1];
-    if (last && last.first + last.count === page) last.count++;
-    else list.push({ first: page, count: 1 });
-    d.totals[kind]++;
-  };
-  const runs = unionRuns(a.presentRuns(blockA)[Symbol.iterator](), b.presentRuns(blockB)[Symbol.iterator](), CHUNK_PAGES);
-  for (const r of runs) {
+  for (const r of unionRuns([a.presentRuns(blockA), b.presentRuns(blockB)], CHUNK_PAGES)) {
     const n = r.count * ps;
     await a.read(blockA, r.first * ps, n, bufA);
     await b.read(blockB, r.first * ps, n, bufB);
     for (let p = 0; p < r.count; p++) {
       const at = p * ps;
-      if (bufA.compare(bufB, at, at + ps, at, at + ps) === 0) continue;
-      const za = isZeroPage(bufA, p, zero);
-      const zb = isZeroPage(bufB, p, zero);
-      note(za ? 'added' : zb ? 'removed' : 'changed', r.first + p);
+      if (bufA.compare(bufB, at, at + ps, at, at + ps) === 0) kinds[p] = PageKind.SAME;
+      else if (isZeroPage(bufA, p, zero)) kinds[p] = PageKind.ADDED;
+      else kinds[p] = isZeroPage(bufB, p, zero) ? PageKind.REMOVED : PageKind.CHANGED;
+    }
+    yield { first: r.first, count: r.count, bytesB: bufB, bytesA: bufA, kinds };
+  }
+}
+
+const KIND_NAMES: Record<number, PageChange> = { [PageKind.ADDED]: 'added', [PageKind.REMOVED]: 'removed', [PageKind.CHANGED]: 'changed' };
+
+async function diffBlock(a: Snapshot, blockA: RamBlock, b: Snapshot, blockB: RamBlock): Promise<BlockDiff> {
+  const d = emptyDiff(blockA);
+  for await (const c of comparePages(a, blockA, b, blockB)) {
+    for (let p = 0; p < c.count; p++) {
+      if (c.kinds[p] === PageKind.SAME) continue;
+      const kind = KIND_NAMES[c.kinds[p]];
+      const list = d[kind];
+      const last = list[list.length - 1];
+      if (last && last.first + last.count === c.first + p) last.count++;
+      else list.push({ first: c.first + p, count: 1 });
+      d.totals[kind]++;
     }
   }
   return d;

@@ -123,22 +123,7 @@ export interface ApplyResult {
  * not the one a delta was made against) runs before the output is created.
  */
 export async function applyDeltas(base: Snapshot, deltas: { snap: Snapshot; path: string }[], output: string, o: DeltaWriteOptions = {}): Promise<ApplyResult> {
-  if (!deltas.length) throw new RamsnapUsageError('USAGE', 'give at least one delta to apply', 'delta');
-  refuseDelta(base, 'BASE', 'DELTA_AS_BASE');
-  const infos = deltas.map((d) => {
-    const info = deltaOf(d.snap);
-    if (!info) throw new RamsnapUsageError('NOT_A_DELTA', `${d.path} is a full snapshot, not a delta (it has no ${'ramsnap-delta'} record)`, 'delta');
-    return info;
-  });
-  checkSameBlocks([{ snap: base, what: 'BASE' }, ...deltas.map((d) => ({ snap: d.snap, what: d.path }))]);
-  const have = await memoryFingerprint(base);
-  infos.forEach((info, i) => {
-    const expected = i === 0 ? have : infos[i - 1].result;
-    if (info.base !== expected) {
-      const was = i === 0 ? `BASE's memory is ${have}` : `${deltas[i - 1].path} makes ${expected}`;
-      throw new RamsnapUsageError('DELTA_BASE_MISMATCH', `${deltas[i].path} was made against another base: it needs memory ${info.base}, but ${was}`, 'base');
-    }
-  });
+  const infos = await checkChain(base, deltas);
   const last = deltas[deltas.length - 1];
   const w = await mappedRamWriterLike(last.snap, checkConvertible(last.snap, last.path), output, o);
   try {
@@ -147,7 +132,7 @@ export async function applyDeltas(base: Snapshot, deltas: { snap: Snapshot; path
     let pagesWritten = 0;
     const digests: { name: string; usedLength: number; digest: Buffer }[] = [];
     for (const block of base.blocks) {
-      const r = await applyBlock(base, deltas.map((d) => d.snap), block.name, w);
+      const r = await writeOverlaidBlock(base, deltas.map((d) => d.snap), block.name, w);
       pagesWritten += r.pages;
       digests.push({ name: block.name, usedLength: block.usedLength, digest: r.digest });
     }
@@ -164,10 +149,41 @@ export async function applyDeltas(base: Snapshot, deltas: { snap: Snapshot; path
   }
 }
 
+/**
+ * Checks that `deltas` apply to `base` in this order, before anything is
+ * written: BASE is a full snapshot, each delta is one, all have the same
+ * blocks, BASE's memory is what the first delta was made against and each
+ * delta applies to what the one before makes. Returns the deltas' records.
+ */
+export async function checkChain(base: Snapshot, deltas: { snap: Snapshot; path: string }[]): Promise<DeltaInfo[]> {
+  if (!deltas.length) throw new RamsnapUsageError('USAGE', 'give at least one delta to apply', 'delta');
+  refuseDelta(base, 'BASE', 'DELTA_AS_BASE');
+  const infos = deltas.map((d) => {
+    const info = deltaOf(d.snap);
+    if (!info) throw new RamsnapUsageError('NOT_A_DELTA', `${d.path} is a full snapshot, not a delta (it has no ramsnap-delta record)`, 'delta');
+    return info;
+  });
+  checkSameBlocks([{ snap: base, what: 'BASE' }, ...deltas.map((d) => ({ snap: d.snap, what: d.path }))]);
+  const have = await memoryFingerprint(base);
+  infos.forEach((info, i) => {
+    const expected = i === 0 ? have : infos[i - 1].result;
+    if (info.base !== expected) {
+      const was = i === 0 ? `BASE's memory is ${have}` : `${deltas[i - 1].path} makes ${expected}`;
+      throw new RamsnapUsageError('DELTA_BASE_MISMATCH', `${deltas[i].path} was made against another base: it needs memory ${info.base}, but ${was}`, 'base');
+    }
+  });
+  return infos;
+}
+
 const CHUNK_PAGES = 64;
 
-/** One block: BASE's pages overlaid by each delta's carried pages in order; non-zero pages written, one write per run. */
-async function applyBlock(base: Snapshot, deltas: Snapshot[], name: string, w: SnapshotWriter): Promise<{ pages: number; digest: Buffer }> {
+/**
+ * One block: BASE's pages overlaid by each delta's carried pages in order;
+ * non-zero pages written, one write per run. With `carriedOnly`, only the
+ * pages some delta carries, and zero ones as explicit zero pages: what an
+ * instant restore loads over a mapping of BASE (vm/restore-stream.ts).
+ */
+export async function writeOverlaidBlock(base: Snapshot, deltas: Snapshot[], name: string, w: SnapshotWriter, carriedOnly = false): Promise<{ pages: number; digest: Buffer }> {
   const block = base.block(name);
   const ps = block.pageSize;
   const buf = Buffer.allocUnsafe(CHUNK_PAGES * ps);
@@ -175,8 +191,10 @@ async function applyBlock(base: Snapshot, deltas: Snapshot[], name: string, w: S
   const hasher = new BlockHasher(block);
   const dBlocks = deltas.map((d) => d.block(name));
   let pages = 0;
-  for (const r of unionRuns([base.presentRuns(block), ...deltas.map((d, i) => d.presentRuns(dBlocks[i]))], CHUNK_PAGES)) {
-    await base.read(block, r.first * ps, r.count * ps, buf);
+  const sources = deltas.map((d, i) => d.presentRuns(dBlocks[i]));
+  for (const r of unionRuns(carriedOnly ? sources : [base.presentRuns(block), ...sources], CHUNK_PAGES)) {
+    if (carriedOnly) buf.fill(0, 0, r.count * ps);
+    else await base.read(block, r.first * ps, r.count * ps, buf);
     for (let i = 0; i < deltas.length; i++) {
       for (const run of deltas[i].presentRuns(dBlocks[i], r.first, r.first + r.count)) {
         const at = (run.first - r.first) * ps;
@@ -184,10 +202,15 @@ async function applyBlock(base: Snapshot, deltas: Snapshot[], name: string, w: S
       }
     }
     hasher.pages(r.first, r.count, buf);
+    let done = 0;
     for (const [s, e] of nonZeroRuns(buf, r.count, zero)) {
+      // Carried pages of zeros must still overwrite what the mapping of BASE shows.
+      if (carriedOnly && s > done) w.zeroPagesPresent(name, r.first + done, s - done);
       await w.writePages(name, r.first + s, buf.subarray(s * ps, e * ps));
       pages += e - s;
+      done = e;
     }
+    if (carriedOnly && done < r.count) w.zeroPagesPresent(name, r.first + done, r.count - done);
   }
   return { pages, digest: hasher.digest() };
 }

@@ -6,6 +6,9 @@ export { Snapshot, type OpenOptions, type PresentRun } from './reader/snapshot.j
 export type { SnapshotModel, RamBlock, SectionRecord, CommandRecord, DeviceState, Finding } from './reader/model.js';
 export { FileSource, BufferSource, VirtualSource, type RandomAccessSource } from './reader/source.js';
 export { extractBlock, extractBlocks, blockFileName, blockFileNames, type ExtractOptions, type ExtractOutput, type ExtractResult } from './reader/extract.js';
+export { writeDelta, applyDeltas, checkChain, deltaOf, type DeltaResult, type ApplyResult } from './writer/delta.js';
+export { memoryFingerprint } from './reader/fingerprint.js';
+export { deltaInfoOf, DELTA_MEMBER, type DeltaInfo } from './format/delta.js';
 export { diffSnapshots, type SnapshotDiff, type BlockDiff, type PageRange, type PageChange } from './reader/diff.js';
 export { PhysicalMemory, memoryMap, parseMap, readMapFile, type MapOptions } from './reader/phys.js';
 export { machineMap, checkMap, coreSegments, type PhysMap, type PhysRange, type RangeKind, type MachineFacts } from './format/phys-map.js';

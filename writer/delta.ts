@@ -28,6 +28,8 @@ export interface DeltaWriteOptions extends OutputOptions {
   force?: boolean;
   /** fsync before the rename (default true). */
   fsync?: boolean;
+  /** Runs after the last page is written and before the rename: throw to leave nothing (the CLI checks that no input changed). */
+  beforeCommit?: () => void;
 }
 
 export interface DeltaResult {
@@ -101,6 +103,7 @@ export async function writeDelta(base: Snapshot, neu: Snapshot, output: string, 
     }
     const info: DeltaInfo = { version: DELTA_VERSION, base: combineFingerprint(digestsA), result: combineFingerprint(digestsB) };
     await w.retarget({ device: { ...(w.device ?? { sections: new Uint8Array(0), switchoverStart: true }), vmdesc: withDeltaMember(w.device?.vmdesc, info, neu.model.pageSize) } });
+    o.beforeCommit?.();
     await w.finalize();
     return { info, pagesWritten, zeroPages };
   } catch (err) {
@@ -141,6 +144,7 @@ export async function applyDeltas(base: Snapshot, deltas: { snap: Snapshot; path
     if (made !== promised) {
       throw new RamsnapFormatError(FormatCode.BAD_DELTA, `applying the chain made memory ${made}, not the ${promised} that ${last.path} records: a delta's pages are damaged`, { field: 'ramsnap-delta.result', offset: 0 });
     }
+    o.beforeCommit?.();
     await w.finalize();
     return { fingerprint: made, deltas: deltas.length, pagesWritten };
   } catch (err) {

@@ -36,8 +36,10 @@ export async function handler(args: ArgumentsCamelCase<ApplyArgs>): Promise<void
   try {
     for (const p of [args.base, ...args.deltas]) opened.push({ ...(await openGuarded(p, {})), path: p });
     const [base, ...deltas] = opened;
-    const r = await withProgress('apply', args.json, (onProgress) => applyDeltas(base.snap, deltas, args.output, { force: args.force, mode, onProgress }));
-    for (const o of opened) o.guard.check(o.snap.model.streamOffset);
+    const beforeCommit = (): void => {
+      for (const o of opened) o.guard.check(o.snap.model.streamOffset);
+    };
+    const r = await withProgress('apply', args.json, (onProgress) => applyDeltas(base.snap, deltas, args.output, { force: args.force, mode, onProgress, beforeCommit }));
     if (args.json) process.stdout.write(JSON.stringify({ output: args.output, ...r }, null, 2) + '\n');
     else process.stdout.write(`${printable(args.output)}: ${r.deltas} delta${r.deltas === 1 ? '' : 's'} applied, ${r.pagesWritten} pages; memory ${r.fingerprint}\n`);
   } finally {

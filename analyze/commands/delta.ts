@@ -35,9 +35,11 @@ export async function handler(args: ArgumentsCamelCase<DeltaArgs>): Promise<void
   try {
     const neu = await openGuarded(args.new, {});
     try {
-      const r = await withProgress('delta', args.json, (onProgress) => writeDelta(base.snap, neu.snap, args.output, { force: args.force, mode, onProgress }));
-      base.guard.check(base.snap.model.streamOffset);
-      neu.guard.check(neu.snap.model.streamOffset);
+      const beforeCommit = (): void => {
+        base.guard.check(base.snap.model.streamOffset);
+        neu.guard.check(neu.snap.model.streamOffset);
+      };
+      const r = await withProgress('delta', args.json, (onProgress) => writeDelta(base.snap, neu.snap, args.output, { force: args.force, mode, onProgress, beforeCommit }));
       const ps = neu.snap.model.pageSize;
       if (args.json) process.stdout.write(JSON.stringify({ output: args.output, ...r }, null, 2) + '\n');
       else process.stdout.write(`${printable(args.output)}: ${r.pagesWritten} pages carried (${bytes(r.pagesWritten * ps)}), ${r.zeroPages} pages that became zero; base ${r.info.base}\n`);

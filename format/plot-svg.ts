@@ -16,15 +16,17 @@ import { gridTotals } from './plot-grid.js';
 /** Cells per row: a row of a 64 GiB guest is 2 GiB, of a 128 MiB guest 4 MiB. */
 export const COLUMNS = 128;
 /** A cell is CELL wide and CELL_HEIGHT high; rows are a pixel apart. */
-const CELL = 6;
-const CELL_HEIGHT = 8;
+export const CELL = 6;
+export const CELL_HEIGHT = 8;
 const ROW = CELL_HEIGHT + 1;
 /** Rows between two address labels: a label is 9px high. */
 const LABEL_EVERY = 2;
 const MARGIN = 16;
 const LABELS = 104;
+/** x of a grid's first column. */
+export const GRID_LEFT = MARGIN + LABELS;
 /** The picture's own width in SVG units; --width scales it. */
-export const NATURAL_WIDTH = MARGIN + LABELS + COLUMNS * CELL + MARGIN;
+export const NATURAL_WIDTH = GRID_LEFT + COLUMNS * CELL + MARGIN;
 const SANS = 'DejaVu Sans, Verdana, Arial, sans-serif';
 const MONO = 'DejaVu Sans Mono, Menlo, Consolas, monospace';
 /** Rough advance of a character at 11px of the sans font, for laying out the legend. */
@@ -62,6 +64,7 @@ const REMOVED = '#d95f02';
 const CHANGED = '#7570b3';
 const UNCHANGED = '#b9c6d8';
 const NEITHER = '#ececec';
+export const COLOURS = { DATA, ZERO, ABSENT, ADDED, REMOVED, CHANGED, UNCHANGED, NEITHER } as const;
 
 /** Kinds of page counted for `ramsnap plot` (absent pages are the rest of a cell). */
 export const Occupancy = { DATA: 0, ZERO: 1 } as const;
@@ -159,7 +162,7 @@ export function renderSvg(p: Picture): string {
     const cols = Math.min(COLUMNS, Math.max(...g.sections.map((s) => s.cells)));
     for (let c = 0; c <= cols; c += COLUMNS / 4) {
       const anchor = c === 0 ? 'start' : c >= cols ? 'end' : 'middle';
-      text(MARGIN + LABELS + c * CELL, y, c === 0 ? '+0' : `+${size(c * g.pagesPerCell * g.pageSize)}`, `font-size="9" fill="#777" font-family="${MONO}" text-anchor="${anchor}"`);
+      text(GRID_LEFT + c * CELL, y, c === 0 ? '+0' : `+${size(c * g.pagesPerCell * g.pageSize)}`, `font-size="9" fill="#777" font-family="${MONO}" text-anchor="${anchor}"`);
     }
     y += 4;
     let previous: GridSection | undefined;
@@ -167,7 +170,7 @@ export function renderSvg(p: Picture): string {
       const gap = sectionHeading(g, previous, s);
       if (gap) {
         y += 12;
-        text(MARGIN + LABELS, y, gap, 'font-size="10" font-style="italic" fill="#555"');
+        text(GRID_LEFT, y, gap, 'font-size="10" font-style="italic" fill="#555"');
         y += 4;
       }
       y = drawSection(out, p.style, g, s, y);
@@ -175,7 +178,7 @@ export function renderSvg(p: Picture): string {
     }
     for (const n of g.notes) {
       y += 13;
-      text(MARGIN + LABELS, y, n, 'font-size="10" fill="#555"');
+      text(GRID_LEFT, y, n, 'font-size="10" fill="#555"');
     }
   }
   y += 6;
@@ -199,7 +202,7 @@ function drawSection(out: string[], style: PlotStyle, g: BlockGrid, s: GridSecti
   const top = y + 2;
   for (let r = 0; r < rows; r++) {
     const ry = top + r * ROW;
-    if (r % LABEL_EVERY === 0) out.push(`<text x="${MARGIN + LABELS - 6}" y="${ry + CELL_HEIGHT}" font-size="9" font-family="${MONO}" text-anchor="end" fill="#333">${hex(s.address + r * rowBytes)}</text>`);
+    if (r % LABEL_EVERY === 0) out.push(`<text x="${GRID_LEFT - 6}" y="${ry + CELL_HEIGHT}" font-size="9" font-family="${MONO}" text-anchor="end" fill="#333">${hex(s.address + r * rowBytes)}</text>`);
     let runStart = 0;
     let runColour: string | undefined;
     const end = Math.min(COLUMNS, s.cells - r * COLUMNS);
@@ -207,13 +210,13 @@ function drawSection(out: string[], style: PlotStyle, g: BlockGrid, s: GridSecti
       const cell = r * COLUMNS + c;
       const colour = c < end && s.capacity[cell] ? style.colour(s.counts, cell * g.kinds, s.capacity[cell]) : undefined;
       if (colour === runColour) continue;
-      if (runColour) out.push(`<rect x="${MARGIN + LABELS + runStart * CELL}" y="${ry}" width="${(c - runStart) * CELL}" height="${CELL_HEIGHT}" fill="${runColour}"/>`);
+      if (runColour) out.push(`<rect x="${GRID_LEFT + runStart * CELL}" y="${ry}" width="${(c - runStart) * CELL}" height="${CELL_HEIGHT}" fill="${runColour}"/>`);
       runStart = c;
       runColour = colour;
     }
   }
   const width = Math.min(COLUMNS, s.cells) * CELL;
-  out.push(`<rect x="${MARGIN + LABELS - 0.5}" y="${top - 0.5}" width="${width + 1}" height="${rows * ROW}" fill="none" stroke="#aaa" stroke-width="0.5"/>`);
+  out.push(`<rect x="${GRID_LEFT - 0.5}" y="${top - 0.5}" width="${width + 1}" height="${rows * ROW}" fill="none" stroke="#aaa" stroke-width="0.5"/>`);
   return top + rows * ROW;
 }
 

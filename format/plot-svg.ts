@@ -95,7 +95,8 @@ export const occupancyStyle: PlotStyle = {
   ],
   summary(t, g) {
     const absent = g.pages - t[Occupancy.DATA] - t[Occupancy.ZERO];
-    return `data ${size(t[Occupancy.DATA] * g.pageSize)} · present zeros ${size(t[Occupancy.ZERO] * g.pageSize)} · absent ${size(absent * g.pageSize)}`;
+    const share = t[Occupancy.DATA] ? ` (${percent(t[Occupancy.DATA] / g.pages)})` : '';
+    return `data ${size(t[Occupancy.DATA] * g.pageSize)}${share} · present zeros ${size(t[Occupancy.ZERO] * g.pageSize)} · absent ${size(absent * g.pageSize)}`;
   },
 };
 
@@ -251,6 +252,14 @@ function wrap(s: string, width: number): string[] {
   return lines;
 }
 
+/** A share as a percentage, never 0% or 100% for a share that is neither. */
+function percent(share: number): string {
+  const p = share * 100;
+  if (p < 0.1) return '<0.1%';
+  if (p > 99.9 && share < 1) return '>99.9%';
+  return `${p.toFixed(p < 10 ? 1 : 0)}%`;
+}
+
 function hex(n: number): string {
   return `0x${n.toString(16)}`;
 }
@@ -267,7 +276,8 @@ export function size(n: number): string {
   let digits = Number.isInteger(v) ? 0 : v >= 100 ? 0 : v >= 10 ? 1 : 2;
   // 63.98 GiB absent is not "64.0 GiB": one more digit rather than round up to the whole.
   while (digits < 3 && !Number.isInteger(v) && Number(v.toFixed(digits)) === Math.round(v)) digits++;
-  return `${v.toFixed(digits)} ${units[u]}`;
+  // 1.5 GiB, not 1.50 GiB.
+  return `${v.toFixed(digits).replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, '')} ${units[u]}`;
 }
 
 /** Text for XML: markup characters escaped, and characters XML cannot hold (a block name is any bytes) shown as \xNN. */

@@ -73,7 +73,7 @@ export async function plotSnapshot(snap: Snapshot, o: PlotOptions = {}): Promise
   checkWidth(o.width);
   const layout = await physicalLayout(snap, o.mapFile);
   const grids: BlockGrid[] = [];
-  for (const block of snap.blocks) {
+  for (const block of layout.mainFirst(snap.blocks, (b) => b.name)) {
     const grid = layout.grid(block, 2);
     await countOccupancy(snap, block, grid);
     grids.push(grid);
@@ -99,7 +99,7 @@ export async function plotDiff(a: Snapshot, b: Snapshot, o: DiffPlotOptions = {}
   const d = o.diff ?? (await diffSnapshots(a, b));
   const layout = await physicalLayout(b, o.mapFile);
   const grids: BlockGrid[] = [];
-  for (const bd of d.blocks) {
+  for (const bd of layout.mainFirst(d.blocks, (x) => x.block)) {
     const blockA = a.block(bd.block);
     const blockB = b.block(bd.block);
     const grid = layout.grid(blockB, 4);
@@ -135,6 +135,8 @@ interface Layout {
   grid(block: RamBlock, kinds: number): BlockGrid;
   /** What the addresses are, for the subtitle. */
   line: string;
+  /** The list with the machine's main RAM first (the block a reader looks for), the rest in the file's order. */
+  mainFirst<T>(list: T[], name: (x: T) => string): T[];
 }
 
 /** The memory map if there is one (else block offsets, saying why), and the grids it gives. */
@@ -154,6 +156,7 @@ async function physicalLayout(snap: Snapshot, mapFile: string | undefined): Prom
     : `addresses are block offsets (no guest-physical map: ${why})`;
   return {
     line,
+    mainFirst: (list, name) => [...list.filter((x) => name(x) === main?.name), ...list.filter((x) => name(x) !== main?.name)],
     grid(block, kinds) {
       const ranges = map?.ranges.filter((r) => r.block === block.name) ?? [];
       if (block === main) return blockGrid(block, kinds, { budget: MAIN_CELL_BUDGET, physical: ranges });

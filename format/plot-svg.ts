@@ -11,6 +11,7 @@
  * Pure: writer/plot.ts counts the pages and writes the file.
  */
 import type { BlockGrid, GridSection } from './plot-grid.js';
+import { hex } from './phys-map.js';
 import { gridTotals } from './plot-grid.js';
 
 /** Cells per row: a row of a 64 GiB guest is 2 GiB, of a 128 MiB guest 4 MiB. */
@@ -258,10 +259,6 @@ function percent(share: number): string {
   if (p < 0.1) return '<0.1%';
   if (p > 99.9 && share < 1) return '>99.9%';
   return `${p.toFixed(p < 10 ? 1 : 0)}%`;
-}
-
-function hex(n: number): string {
-  return `0x${n.toString(16)}`;
 }
 
 /** Bytes in binary units, exact where it can be (64 GiB, 16 MiB), else to about three figures. */

@@ -154,6 +154,11 @@ describe('ramsnap plot', () => {
     } finally {
       await snap.close();
     }
+    // A file of many blocks is a tall picture: refused as a PNG before resvg is asked for a gigapixel.
+    const blocks = Array.from({ length: 200 }, (_, i) => ({ name: `b${i}`, usedLength: 4 * PS }));
+    const many = await Snapshot.open(synthesize({ blocks }).source());
+    await expect(plotSnapshot(many, { format: 'png', width: 8192 })).rejects.toMatchObject({ code: 'PICTURE_TOO_LARGE' });
+    expect(parseSvg(await plotSnapshot(many)).filter((e) => e.name === 'tspan')).toHaveLength(200);
   });
 });
 

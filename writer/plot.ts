@@ -48,6 +48,8 @@ export interface DiffPlotOptions extends Omit<PlotOptions, 'name'> {
 /** Widths a picture may be drawn at, in pixels. */
 export const MIN_WIDTH = 200;
 export const MAX_WIDTH = 8192;
+/** Pixels a PNG may have at most (200 MiB of RGBA while rendered): a file of a thousand blocks is a tall picture. */
+const MAX_PNG_PIXELS = 50_000_000;
 /** Pages read at a time to tell data from zeros. */
 const CHUNK_PAGES = 256;
 
@@ -194,8 +196,14 @@ export async function renderPng(svg: string, width?: number): Promise<Uint8Array
   } catch (err) {
     throw new RamsnapUsageError('PNG_UNAVAILABLE', `PNG output needs @resvg/resvg-js, which could not be loaded (${(err as Error).message.split('\n')[0]}): write an SVG instead (-o FILE.svg)`, 'output');
   }
+  const px = width ?? NATURAL_WIDTH;
+  const box = /viewBox="0 0 ([\d.]+) ([\d.]+)"/.exec(svg);
+  const height = box ? Math.ceil((Number(box[2]) * px) / Number(box[1])) : 0;
+  if (px * height > MAX_PNG_PIXELS) {
+    throw new RamsnapUsageError('PICTURE_TOO_LARGE', `the picture would be ${px}x${height} pixels, more than ${MAX_PNG_PIXELS}: write an SVG (-o FILE.svg) or give a smaller --width`, 'width');
+  }
   const image = await resvg.renderAsync(svg, {
-    fitTo: { mode: 'width', value: width ?? NATURAL_WIDTH },
+    fitTo: { mode: 'width', value: px },
     background: '#ffffff',
     font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans' },
     logLevel: 'off',

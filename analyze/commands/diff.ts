@@ -7,6 +7,7 @@ import { checkOutput } from '../../writer/sink.js';
 import { EXIT_INVALID, EXIT_OK, EXIT_USAGE } from '../exit.js';
 import { bytes, hex, printable, table } from '../human.js';
 import { openGuarded } from '../open.js';
+import { WIDTH_OPTION } from './plot.js';
 
 interface DiffArgs {
   a: string;
@@ -29,7 +30,7 @@ export function builder(y: Argv): Argv<DiffArgs> {
     .option('ranges', { type: 'number', default: 8, describe: 'page ranges listed per block and kind in text output' })
     .option('plot', { type: 'string', describe: 'also draw the blocks both files hold, cells coloured by the pages added, removed and changed (as `ramsnap plot`, main RAM in B\'s guest-physical order): FILE.svg or FILE.png' })
     .option('force', { type: 'boolean', describe: 'replace an existing --plot file' })
-    .option('width', { type: 'number', describe: 'width of the --plot picture in pixels (default 900)' })
+    .option('width', WIDTH_OPTION)
     .epilogue('Exit status: 0 the snapshots hold the same memory, device state, machine and layout; 1 they differ; 2 trouble: a bad flag, or a file that cannot be read or is invalid (unlike the other commands, which use 1 for an invalid file, as cmp and diff do).')
     .example('$0 diff before.snap after.snap', 'pages that changed between two checkpoints')
     .example('$0 diff before.snap after.snap --plot changes.png', 'and a picture of where they are') as unknown as Argv<DiffArgs>;

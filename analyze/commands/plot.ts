@@ -16,7 +16,7 @@ interface PlotArgs extends CommonArgs {
 export const command = 'plot <file>';
 export const describe = 'Draw an occupancy map of each RAMBlock as SVG or PNG: per cell (a run of pages) how much is data, present zeros or absent; main RAM in guest-physical order where the machine\'s memory map is known';
 
-/** The -o, --force and --width of a command that draws a picture (plot, diff --plot). */
+/** --width of a command that draws a picture (plot, diff --plot). */
 export const WIDTH_OPTION = { type: 'number', describe: 'width of the picture in pixels (the height follows); default 900' } as const;
 
 export function builder(y: Argv): Argv<PlotArgs> {

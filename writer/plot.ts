@@ -150,7 +150,7 @@ async function physicalLayout(snap: Snapshot, mapFile: string | undefined): Prom
   } catch (err) {
     // A picture is still worth drawing without the map; a bad --map file is the user's to fix.
     if (mapFile !== undefined || !(err instanceof RamsnapError)) throw err;
-    why = err.code;
+    why = err.code === 'NO_MEMORY_MAP' ? `ramsnap knows none for ${snap.model.configuration?.machine ?? 'a file without a machine type'}` : err.code;
   }
   const main = mainRamBlock(snap.blocks)?.block;
   const line = map

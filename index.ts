@@ -15,6 +15,7 @@ export { machineMap, checkMap, coreSegments, type PhysMap, type PhysRange, type 
 export { x86Cpu, x86Notes, arm64Cpu, arm64Notes, type CpuSection } from './format/cpu-notes.js';
 export { encodeElfHeader, encodeProgramHeader, encodeNotes, type ElfNote } from './format/elf.js';
 export { exportSnapshot, coreNotes, type ExportOptions, type ExportResult, type ExportFormat } from './writer/export.js';
+export { plotSnapshot, plotDiff, writePlot, renderPng, plotFormatOf, type PlotOptions, type DiffPlotOptions, type PlotFormat, type WritePlotOptions } from './writer/plot.js';
 export { RamsnapError, RamsnapFormatError, RamsnapUsageError, RamsnapIoError, FormatCode } from './format/errors.js';
 export * as constants from './format/constants.js';
 export { bitmapBytes, bitRuns, countBits, testBit } from './format/bitmap.js';

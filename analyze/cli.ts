@@ -27,6 +27,7 @@ import * as exportCommand from './commands/export.js';
 import * as diff from './commands/diff.js';
 import * as delta from './commands/delta.js';
 import * as apply from './commands/apply.js';
+import * as plot from './commands/plot.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
 import { errorLine, printable } from './human.js';
@@ -47,6 +48,7 @@ export function buildCli(argv: string[]): Argv {
     .command(diff)
     .command(delta)
     .command(apply)
+    .command(plot)
     .command(dump)
     .command(create)
     .command(convert)

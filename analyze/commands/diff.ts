@@ -2,19 +2,25 @@ import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { RamsnapError } from '../../format/errors.js';
 import { diffSnapshots, type SnapshotDiff } from '../../reader/diff.js';
 import type { Snapshot } from '../../reader/snapshot.js';
+import { checkWidth, plotDiff, plotFormatOf, writePlot } from '../../writer/plot.js';
+import { checkOutput } from '../../writer/sink.js';
 import { EXIT_INVALID, EXIT_OK, EXIT_USAGE } from '../exit.js';
 import { bytes, hex, printable, table } from '../human.js';
 import { openGuarded } from '../open.js';
+import { WIDTH_OPTION } from './plot.js';
 
 interface DiffArgs {
   a: string;
   b: string;
   json?: boolean;
   ranges?: number;
+  plot?: string;
+  force?: boolean;
+  width?: number;
 }
 
 export const command = 'diff <a> <b>';
-export const describe = 'What differs between two snapshots: per block the pages added, removed and changed, and the device state, machine and layout. Exit status as cmp: 0 same, 1 different, 2 trouble (an invalid file too)';
+export const describe = 'What differs between two snapshots: per block the pages added, removed and changed, and the device state, machine and layout. Exit status as cmp: 0 same, 1 different, 2 trouble (an invalid file too). --plot draws the changes as SVG or PNG';
 
 export function builder(y: Argv): Argv<DiffArgs> {
   return y
@@ -22,21 +28,34 @@ export function builder(y: Argv): Argv<DiffArgs> {
     .positional('b', { type: 'string', describe: 'the newer snapshot', demandOption: true })
     .option('json', { type: 'boolean', describe: 'print JSON: every range' })
     .option('ranges', { type: 'number', default: 8, describe: 'page ranges listed per block and kind in text output' })
+    .option('plot', { type: 'string', describe: 'also draw the blocks both files hold, cells coloured by the pages added, removed and changed (as `ramsnap plot`, main RAM in B\'s guest-physical order): FILE.svg or FILE.png' })
+    .option('force', { type: 'boolean', describe: 'replace an existing --plot file' })
+    .option('width', WIDTH_OPTION)
     .epilogue('Exit status: 0 the snapshots hold the same memory, device state, machine and layout; 1 they differ; 2 trouble: a bad flag, or a file that cannot be read or is invalid (unlike the other commands, which use 1 for an invalid file, as cmp and diff do).')
-    .example('$0 diff before.snap after.snap', 'pages that changed between two checkpoints') as unknown as Argv<DiffArgs>;
+    .example('$0 diff before.snap after.snap', 'pages that changed between two checkpoints')
+    .example('$0 diff before.snap after.snap --plot changes.png', 'and a picture of where they are') as unknown as Argv<DiffArgs>;
 }
 
 export async function handler(args: ArgumentsCamelCase<DiffArgs>): Promise<void> {
   let a: Snapshot | undefined;
   let b: Snapshot | undefined;
   try {
-    const ga = await openGuarded(args.a, {});
+    // A bad --plot is refused before a page is read.
+    const format = args.plot !== undefined ? plotFormatOf(args.plot) : undefined;
+    if (args.plot !== undefined) {
+      checkWidth(args.width);
+      checkOutput(args.plot, args.force ?? false);
+    }
+    // The picture's memory map needs the decoded chipset registers (x86 PAM and SMRAM).
+    const ga = await openGuarded(args.a, { decodeDevices: format !== undefined });
     a = ga.snap;
-    const gb = await openGuarded(args.b, {});
+    const gb = await openGuarded(args.b, { decodeDevices: format !== undefined });
     b = gb.snap;
     const d = await diffSnapshots(a, b);
+    const image = format && (await plotDiff(a, b, { diff: d, format, width: args.width, names: [args.a, args.b] }));
     ga.guard.check(a.model.streamOffset);
     gb.guard.check(b.model.streamOffset);
+    if (image && args.plot !== undefined) await writePlot(args.plot, image, { force: args.force });
     process.stdout.write(args.json ? JSON.stringify({ a: args.a, b: args.b, ...d }, null, 2) + '\n' : text(args, d));
     process.exitCode = d.same ? EXIT_OK : EXIT_INVALID;
   } catch (err) {

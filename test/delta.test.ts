@@ -162,8 +162,8 @@ describe.skipIf(!HAVE_QEMU)('a real QEMU 10 series of the dirtying guest', () =>
     const q = g.qemu;
     await q.setCapabilities({ 'mapped-ram': true });
     await q.cmd('migrate-set-parameters', { 'max-bandwidth': 0 });
-    // The first paused, the next two live (pages written during the save; stale bytes under clear bits).
-    for (let i = 0; i < 3; i++) {
+    // The first paused, the next three live (pages written during the save; stale bytes under clear bits).
+    for (let i = 0; i < 4; i++) {
       if (i === 0) await q.cmd('stop');
       const file = path.join(tmp, `series-${i}.snap`);
       await q.cmd('migrate', { uri: `file:${file}` });
@@ -192,9 +192,9 @@ describe.skipIf(!HAVE_QEMU)('a real QEMU 10 series of the dirtying guest', () =>
   }
 
   it('the series differs save to save, and delta carries only what changed', async () => {
-    expect(saves).toHaveLength(3);
+    expect(saves).toHaveLength(4);
     expect(saves[0].memory.equals(saves[1].memory)).toBe(false);
-    for (const [i, j] of [[0, 1], [1, 2]]) {
+    for (const [i, j] of [[0, 1], [1, 2], [2, 3]]) {
       const d = path.join(tmp, `series-${i}${j}.delta`);
       const r = cli('delta', saves[i].file, saves[j].file, '-o', d, '--json');
       expect(r.status, r.stderr).toBe(0);
@@ -203,14 +203,18 @@ describe.skipIf(!HAVE_QEMU)('a real QEMU 10 series of the dirtying guest', () =>
     }
   });
 
-  it('apply(BASE, delta) restores in QEMU to the memory of the later save, byte for byte; a chain of two too', { timeout: 120_000 }, async () => {
+  it('apply(BASE, delta) restores in QEMU to the memory of the later save, byte for byte; a chain of three too', { timeout: 120_000 }, async () => {
     const one = path.join(tmp, 'series-applied-1.snap');
     expect(cli('apply', saves[0].file, path.join(tmp, 'series-01.delta'), '-o', one).status).toBe(0);
     expect((await restored(one)).equals(saves[1].memory)).toBe(true);
-    const two = path.join(tmp, 'series-applied-2.snap');
-    const r = cli('apply', saves[0].file, path.join(tmp, 'series-01.delta'), path.join(tmp, 'series-12.delta'), '-o', two);
+    const three = path.join(tmp, 'series-applied-3.snap');
+    const r = cli('apply', saves[0].file, ...['01', '12', '23'].map((d) => path.join(tmp, `series-${d}.delta`)), '-o', three);
     expect(r.status, r.stderr).toBe(0);
-    expect((await restored(two)).equals(saves[2].memory)).toBe(true);
+    expect((await restored(three)).equals(saves[3].memory)).toBe(true);
+    // Out of order, the chain breaks at its second link: nothing written.
+    const wrong = cli('apply', saves[0].file, path.join(tmp, 'series-01.delta'), path.join(tmp, 'series-23.delta'), '-o', path.join(tmp, 'never-chain.snap'));
+    expect([wrong.status, wrong.stderr]).toEqual([2, expect.stringMatching(/^ramsnap: DELTA_BASE_MISMATCH: .*series-23\.delta was made against another base/)]);
+    expect(fs.existsSync(path.join(tmp, 'never-chain.snap'))).toBe(false);
   });
 
   /** `restore FILES --base BASE` into a QEMU started with the arguments that map BASE; the guest's RAM after the load, and the base's hash before and after. */
@@ -236,13 +240,13 @@ describe.skipIf(!HAVE_QEMU)('a real QEMU 10 series of the dirtying guest', () =>
     }
   }
 
-  it('restore --base maps BASE and loads only the deltas: the guest has the later save\'s memory, for one delta and for a chain; BASE is unchanged', { timeout: 180_000 }, async () => {
+  it('restore --base maps BASE and loads only the deltas: the guest has the later save\'s memory, for one delta and for a chain of three; BASE is unchanged', { timeout: 180_000 }, async () => {
     const before = fs.readFileSync(saves[0].file);
     const one = await restoredOverBase(saves[0].file, [path.join(tmp, 'series-01.delta')], 'over-1');
     expect(one.memory.equals(saves[1].memory)).toBe(true);
     expect(one.out).toMatch(/mapped from the file/);
-    const two = await restoredOverBase(saves[0].file, [path.join(tmp, 'series-01.delta'), path.join(tmp, 'series-12.delta')], 'over-2');
-    expect(two.memory.equals(saves[2].memory)).toBe(true);
+    const three = await restoredOverBase(saves[0].file, ['01', '12', '23'].map((d) => path.join(tmp, `series-${d}.delta`)), 'over-3');
+    expect(three.memory.equals(saves[3].memory)).toBe(true);
     expect(fs.readFileSync(saves[0].file).equals(before)).toBe(true);
   });
 

@@ -88,6 +88,7 @@ async function decodeSection(w: WalkState, rec: SectionRecord, desc: VmDescripti
       offset: rec.offset,
     });
   }
+  checkSectionVersion(rec, dev.version);
   const m = w.model;
   const r = w.r;
   const available = (m.vmdesc?.offset ?? w.source.size) - r.pos;
@@ -121,6 +122,27 @@ async function decodeSection(w: WalkState, rec: SectionRecord, desc: VmDescripti
           });
     }
   }
+}
+
+/**
+ * A section newer than its description says. The description records the
+ * version the saving QEMU's device had (vmstate.c writes vmsd->version_id,
+ * savevm.c the same se->version_id in the section header), and QEMU's
+ * loader refuses a section newer than its device ("savevm: unsupported
+ * version", savevm.c `qemu_loadvm_section_start_full`), so such a file does
+ * not load. An older one may (down to the device's minimum_version_id,
+ * which the description does not record).
+ */
+function checkSectionVersion(rec: SectionRecord, described: unknown): void {
+  if (typeof described !== 'number' || rec.versionId <= described) return;
+  const nameBytes = Buffer.byteLength(rec.name, 'latin1');
+  throw new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, `section ${rec.name} has version ${rec.versionId}, newer than the version ${described} its description records`, {
+    field: `section[${rec.name}].version_id`,
+    // FULL header: type, be32 id, u8 length, idstr, be32 instance, then the version.
+    offset: rec.offset + 1 + 4 + 1 + nameBytes + 4,
+    expected: described,
+    actual: rec.versionId,
+  });
 }
 
 /**
@@ -212,6 +234,7 @@ export async function decodeDevicesAgain(w: WalkState, desc: VmDescription): Pro
         offset: rec.offset,
       });
     }
+    checkSectionVersion(rec, dev.version);
     const c = new ByteCursor(await w.source.read(body.start, body.end - body.start, `section[${rec.name}]`), body.start);
     try {
       if (w.opts.decodeDevices) d.value = decodeDeviceState(c, dev, rec.versionId, w.deviceValues);

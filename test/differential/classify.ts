@@ -45,17 +45,26 @@ export function qemuPattern(v: QemuVerdict): string {
   return `${v.kind === 'crashed' ? 'CRASH ' : ''}${msg}`.slice(0, 160);
 }
 
-/** Bytes of main RAM QEMU's pmemsave does not show from the file before the firmware runs (qemu-facts: the BIOS window). */
-export const BIOS_WINDOW: [number, number] = [0xe0000, 0x100000];
+/**
+ * Guest-physical 0xc0000-0xfffff: what pmemsave shows there is chosen by the
+ * chipset's PAM registers (option ROMs and the BIOS at reset, pc.ram once
+ * the firmware has shadowed itself), restored from the mch/i440FX device
+ * section, not from pc.ram. A file whose device state is cut off (an EOF
+ * inserted early) restores pc.ram right and leaves the ROMs showing there;
+ * an unbooted guest shows the BIOS at 0xe0000-0xfffff (qemu-facts).
+ */
+export const PAM_WINDOW: [number, number] = [0xc0000, 0x100000];
 
-/** First offset where the extracted RAM and QEMU's pmemsave differ outside the BIOS window, or -1. */
-export function firstDifference(extracted: string, pmem: string): number {
-  const a = fs.readFileSync(extracted);
-  const b = fs.readFileSync(pmem);
+/** First offset where the extracted RAM and QEMU's pmemsave differ outside the PAM window, or -1. */
+export function firstDifference(extracted: string | undefined, pmem: string): number {
+  const b0 = fs.readFileSync(pmem);
+  // No RAM section: the file leaves a fresh QEMU's RAM as it is, zero.
+  const a = extracted === undefined ? Buffer.alloc(b0.length) : fs.readFileSync(extracted);
+  const b = b0;
   if (a.length !== b.length) return Math.min(a.length, b.length);
   const parts: [number, number][] = [
-    [0, BIOS_WINDOW[0]],
-    [BIOS_WINDOW[1], a.length],
+    [0, PAM_WINDOW[0]],
+    [PAM_WINDOW[1], a.length],
   ];
   for (const [from, to] of parts) {
     if (a.subarray(from, to).equals(b.subarray(from, to))) continue;
@@ -77,7 +86,7 @@ export function classify(r: RamsnapVerdict, q: QemuVerdict): Outcome {
   if (r.verify === 'OK' && r.extractError) return { row: 'ramsnap-inconsistent', cls, detail: `extract failed with ${r.extractError}` };
   if (r.verify === 'OK') {
     if (q.kind !== 'loaded') return { row: 'false-accept', cls, detail: q.error };
-    const at = firstDifference(r.extracted as string, q.pmem);
+    const at = firstDifference(r.noRam ? undefined : (r.extracted as string), q.pmem);
     if (at >= 0) return { row: 'memory-differs', cls: `${rs} × loads, memory differs`, detail: `first difference at 0x${at.toString(16)}` };
     return { row: 'agree-ok', cls, detail: '' };
   }

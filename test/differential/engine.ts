@@ -132,10 +132,12 @@ export async function runDifferential(o: DiffOptions): Promise<DiffReport> {
       const out = classify(r, q);
       rows[out.row]++;
       report.inputs++;
-      const key = `${out.row}|${out.cls}`;
+      const explained = explanationOf(out.row, r, q, recipe, seed);
+      // One class per explanation too: an input that matches a class's code and message but not its explanation is its own class.
+      const key = `${out.row}|${out.cls}|${explained?.spec ?? ''}`;
       let t = classes.get(key);
       if (!t) {
-        t = { row: out.row, cls: out.cls, count: 0, example: recipe, detail: out.detail, explained: explanationOf(out.row, r.verify, q) };
+        t = { row: out.row, cls: out.cls, count: 0, example: recipe, detail: out.detail, explained };
         classes.set(key, t);
         if (o.findingsDir) saveFinding(o.findingsDir, t, image, out.row !== 'agree-ok' && out.row !== 'both-reject');
         if (out.row !== 'agree-ok') log(`new class [${out.row}] ${out.cls}  (${recipe.fixture}: ${recipe.ops.map((x) => x.why).join('; ') || 'unmutated'})`);

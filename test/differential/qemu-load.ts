@@ -39,31 +39,40 @@ export async function qemuLoad(cfg: LoadConfig, file: string, workDir: string, t
     args: ['-machine', cfg.machine, '-accel', cfg.accel, '-m', `${cfg.memory >> 20}M`, '-smp', '1', ...cfg.extraArgs],
     incoming: true,
   });
+  // A file load runs in QEMU's main loop, so a QEMU stuck on a file stops answering QMP too:
+  // the deadline is a timer beside the conversation, not a check between its commands.
+  let timer: NodeJS.Timeout | undefined;
+  const hang = new Promise<QemuVerdict>((resolve) => {
+    timer = setTimeout(() => resolve({ kind: 'hang', error: `no completion after ${timeoutMs} ms`, ms: ms() }), timeoutMs);
+  });
+  try {
+    return await Promise.race([converse(q, cfg, file, workDir, tag, ms), hang]);
+  } finally {
+    clearTimeout(timer);
+    await q.kill();
+  }
+}
+
+async function converse(q: Qemu, cfg: LoadConfig, file: string, workDir: string, tag: string, ms: () => number): Promise<QemuVerdict> {
   try {
     if (cfg.mappedRam) await q.setCapabilities({ 'mapped-ram': true });
     const uri = `file:${file}${cfg.offset !== undefined ? `,offset=${cfg.offset}` : ''}`;
     await q.cmd('migrate-incoming', { uri, 'exit-on-error': false });
-    const deadline = Date.now() + timeoutMs;
     for (;;) {
-      let st: { status?: string; 'error-desc'?: string };
-      try {
-        st = (await q.cmd('query-migrate')) as typeof st;
-      } catch (err) {
-        return { kind: 'crashed', error: qemuReason(q.log, (err as Error).message), ms: ms() };
-      }
+      const st = (await q.cmd('query-migrate')) as { status?: string; 'error-desc'?: string };
       if (st.status === 'completed') break;
       if (st.status === 'failed' || st.status === 'cancelled') {
         // error_report reaches stderr before the status turns; let the pipe catch up.
         await sleep(30);
         return { kind: 'failed', error: qemuReason(q.log, st['error-desc'] ?? String(st.status)), ms: ms() };
       }
-      if (Date.now() > deadline) return { kind: 'hang', error: `status ${st.status} after ${timeoutMs} ms`, ms: ms() };
       await sleep(10);
     }
     const pmem = path.join(workDir, `${tag}.pmem`);
     await q.pmemsave(pmem, cfg.memory, 0);
     return { kind: 'loaded', pmem, ms: ms() };
-  } finally {
-    await q.kill();
+  } catch (err) {
+    // QEMU died under us (Qemu.cmd says how), or was killed at the deadline.
+    return { kind: 'crashed', error: qemuReason(q.log, (err as Error).message), ms: ms() };
   }
 }

@@ -16,6 +16,8 @@ export interface RamsnapVerdict {
   warnings: string[];
   /** Path of the extracted main RAM when verify said OK and extract succeeded. */
   extracted?: string;
+  /** verify said OK but the file has no such block (no RAM section, or blocks of another VM): it leaves guest RAM as it is, zero in a fresh QEMU. */
+  noRam?: boolean;
   /** extract's code when it failed after verify said OK (ramsnap disagreeing with itself). */
   extractError?: string;
   /** Set when the real binary ran and disagreed with the in-process run. */
@@ -64,7 +66,8 @@ export async function ramsnapVerdict(file: string, ramBlock: string, out: string
   const extractArgs = ['extract', file, ...off, '--block', ramBlock, '-o', out];
   const x = await serial(() => cliInProcess(extractArgs));
   if (x.exit !== 0) {
-    verdict.extractError = codeOf(x);
+    if (codeOf(x) === 'UNKNOWN_BLOCK') verdict.noRam = true;
+    else verdict.extractError = codeOf(x);
     return verdict;
   }
   if (opts.bin) {

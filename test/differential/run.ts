@@ -7,7 +7,7 @@
  *   DIFF_INPUTS      inputs, the unmutated seeds included (default 1000)
  *   DIFF_SEED        seed of the random recipes (default 1)
  *   DIFF_JOBS        QEMUs at a time, 1 or 2 (default 2)
- *   DIFF_TIMEOUT_MS  a load still running after this long is a hang (default 20000)
+ *   DIFF_TIMEOUT_MS  a load not finished after this long is a hang (default 10000)
  *   DIFF_BINARY_EVERY every Nth input also runs the real binary (default 50; 0: never)
  *   DIFF_FIXTURES    comma-separated seed names (default: every seed QEMU here can load)
  *   DIFF_FINDINGS    directory for each class's first example (default .tmp/differential-findings)
@@ -63,7 +63,7 @@ async function main(): Promise<number> {
       inputs: num('DIFF_INPUTS', 1000),
       seed,
       jobs: num('DIFF_JOBS', 2),
-      timeoutMs: num('DIFF_TIMEOUT_MS', 20_000),
+      timeoutMs: num('DIFF_TIMEOUT_MS', 10_000),
       workDir,
       findingsDir,
       binaryEvery: num('DIFF_BINARY_EVERY', 50),

@@ -125,18 +125,19 @@ async function decodeSection(w: WalkState, rec: SectionRecord, desc: VmDescripti
 }
 
 /**
- * A section newer than its description says. The description records the
- * version the saving QEMU's device had (vmstate.c writes vmsd->version_id,
- * savevm.c the same se->version_id in the section header), and QEMU's
- * loader refuses a section newer than its device ("savevm: unsupported
- * version", savevm.c `qemu_loadvm_section_start_full`), so such a file does
- * not load. An older one may (down to the device's minimum_version_id,
- * which the description does not record).
+ * A section whose version is not the one its description records. QEMU
+ * writes the device's version in both places (savevm.c the section header's
+ * se->version_id, vmstate.c the description's vmsd->version_id, the same
+ * number), and the description lists the fields of that version only. QEMU's
+ * loader refuses a newer section ("savevm: unsupported version",
+ * savevm.c `qemu_loadvm_section_start_full`) and reads an older one by the
+ * older layout, which the description does not describe: the footer is then
+ * found elsewhere ("Missing section footer") or the device refuses it.
  */
 function checkSectionVersion(rec: SectionRecord, described: unknown): void {
-  if (typeof described !== 'number' || rec.versionId <= described) return;
+  if (typeof described !== 'number' || rec.versionId === described) return;
   const nameBytes = Buffer.byteLength(rec.name, 'latin1');
-  throw new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, `section ${rec.name} has version ${rec.versionId}, newer than the version ${described} its description records`, {
+  throw new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, `section ${rec.name} has version ${rec.versionId}, but its description is of version ${described}`, {
     field: `section[${rec.name}].version_id`,
     // FULL header: type, be32 id, u8 length, idstr, be32 instance, then the version.
     offset: rec.offset + 1 + 4 + 1 + nameBytes + 4,

@@ -14,6 +14,8 @@ export interface RamsnapVerdict {
   /** OK, or the error code verify ended with. */
   verify: string;
   warnings: string[];
+  /** The field verify's error names (vmdescription.devices, section[apic].version_id, ...). */
+  errorField?: string;
   /** Path of the extracted main RAM when verify said OK and extract succeeded. */
   extracted?: string;
   /** verify said OK but the file has no such block (no RAM section, or blocks of another VM): it leaves guest RAM as it is, zero in a fresh QEMU. */
@@ -51,12 +53,15 @@ export async function ramsnapVerdict(file: string, ramBlock: string, out: string
   const verifyArgs = ['verify', '--json', file, ...off];
   const v = await serial(() => cliInProcess(verifyArgs));
   let warnings: string[] = [];
+  let errorField: string | undefined;
   try {
-    warnings = (JSON.parse(v.stdout) as { warnings?: { code: string }[] }).warnings?.map((w) => w.code) ?? [];
+    const j = JSON.parse(v.stdout) as { warnings?: { code: string }[]; checks?: { error?: { field?: string } }[] };
+    warnings = j.warnings?.map((w) => w.code) ?? [];
+    errorField = j.checks?.find((c) => c.error)?.error?.field;
   } catch {
     // verify printed no JSON (it failed before the report): the code is on stderr.
   }
-  const verdict: RamsnapVerdict = { verify: codeOf(v), warnings };
+  const verdict: RamsnapVerdict = { verify: codeOf(v), warnings, ...(errorField ? { errorField } : {}) };
   if (opts.bin) {
     const b = await runBinary(opts.bin, verifyArgs);
     if (b.exit !== v.exit || codeOf(b) !== verdict.verify) verdict.binaryMismatch = `verify: binary ${codeOf(b)} (exit ${b.exit}), in-process ${verdict.verify} (exit ${v.exit})`;

@@ -25,15 +25,16 @@ export interface Explained {
 }
 
 /**
- * ramsnap refuses the description, not the stream: its error names the
- * description, or every operation edits, cuts or appends to the description
- * only (after the stream's EOF byte).
+ * The recipe damages the description (edits it, or changes bytes after the
+ * stream's EOF byte), or ramsnap's error names it. QEMU loaded the file, so
+ * the stream itself is one QEMU accepts, and the description is what
+ * ramsnap refuses.
  */
-function descriptionOnly(c: { recipe: Recipe; seed: DiffSeed; ramsnap: RamsnapVerdict }): boolean {
+function descriptionDamaged(c: { recipe: Recipe; seed: DiffSeed; ramsnap: RamsnapVerdict }): boolean {
   if (c.ramsnap.errorField?.startsWith('vmdescription')) return true;
   const v = c.seed.map.vmdesc;
   if (!v) return false;
-  return c.recipe.ops.every((o) => o.op === 'vmdesc' || o.op === 'grow' || ((o.op === 'cut' || o.op === 'flip' || o.op === 'bytes' || o.op === 'int') && o.at >= v.offset));
+  return c.recipe.ops.some((o) => o.op === 'vmdesc' || ((o.op === 'cut' || o.op === 'flip' || o.op === 'bytes' || o.op === 'int') && o.at >= v.offset));
 }
 
 /** Some operation changes bytes of a mapped-ram header's page_size field (header offset 4, 8 bytes). */
@@ -72,7 +73,7 @@ export const EXPLAINED: Explained[] = [
     // Whatever the code: with only the description damaged, the description is what ramsnap refuses.
     ramsnap: /^(?!OK$)/,
     qemu: /^loads$/,
-    when: descriptionOnly,
+    when: descriptionDamaged,
     why: 'the description is damaged; QEMU never parses it, ramsnap checks the device sections against it',
   },
   {
@@ -80,7 +81,8 @@ export const EXPLAINED: Explained[] = [
     row: 'stricter',
     ramsnap: /^(DUPLICATE_SECTION_ID|UNKNOWN_SECTION_ID)$/,
     qemu: /^loads$/,
-    when: (c) => c.recipe.ops.some((o) => o.op === 'insertCopy'),
+    // A FULL section's id is never looked up, so a repeated one loads; a PART or END after its END loads only when resent.
+    when: (c) => c.ramsnap.verify === 'DUPLICATE_SECTION_ID' || c.recipe.ops.some((o) => o.op === 'insertCopy'),
     why: 'a section sent twice: QEMU loads a device twice (the last wins) and a RAM part after its END again; its writer never sends either',
   },
   {

@@ -9,7 +9,7 @@ export function formatReport(r: DiffReport, o: { seed: number; findingsDir?: str
   const failing = new Set(failuresOf(r));
   lines.push('', `agreement matrix (${r.inputs} inputs, seed ${o.seed}, ${r.dropped} implausible recipes dropped)`);
   const explainedIn = (row: Row): number => r.classes.filter((c) => c.row === row && c.explained).reduce((a, c) => a + c.count, 0);
-  const specsIn = (row: Row): string => [...new Set(r.classes.filter((c) => c.row === row && c.explained).map((c) => (c.explained as { spec: string }).spec.replace('§12.1 ', '')))].sort().join(' ');
+  const specsIn = (row: Row): string => [...new Set(r.classes.filter((c) => c.row === row && c.explained).map((c) => (c.explained as { spec: string }).spec.replace('§12.1 ', '')))].sort((a, b) => Number(a.slice(1)) - Number(b.slice(1))).join(' ');
   for (const row of ORDER) {
     if (row === 'false-accept' || row === 'stricter') {
       const ex = explainedIn(row);

@@ -86,15 +86,13 @@ function* recipes(o: DiffOptions, dropped: { n: number }): Generator<{ recipe: R
   }
 }
 
+let findings = 0;
+/** The first example of a class: its recipe (replayable with DIFF_REPLAY), and for a disagreement the mutated file. */
 function saveFinding(dir: string, t: ClassTally, image: SparseImage, withFile: boolean): void {
   fs.mkdirSync(dir, { recursive: true });
-  const base = `${t.row}-${String(dirIndex(dir)).padStart(3, '0')}`;
+  const base = `${t.row}-${String(findings++).padStart(3, '0')}`;
   fs.writeFileSync(path.join(dir, `${base}.json`), JSON.stringify({ row: t.row, class: t.cls, detail: t.detail, recipe: t.example }, null, 2) + '\n');
   if (withFile) image.writeFile(path.join(dir, `${base}.snap`));
-}
-let findingCount = 0;
-function dirIndex(_dir: string): number {
-  return findingCount++;
 }
 
 export async function runDifferential(o: DiffOptions): Promise<DiffReport> {

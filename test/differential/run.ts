@@ -54,7 +54,9 @@ async function main(): Promise<number> {
   const findingsDir = env.DIFF_FINDINGS ?? path.join(repo, '.tmp', 'differential-findings');
   fs.rmSync(findingsDir, { recursive: true, force: true });
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-differential-'));
-  const log = (s: string): void => console.log(`differential: ${s}`);
+  // Straight to the file descriptor: the CLI runs in-process and captures process.stdout while it
+  // does, so a progress line written through it would land inside a verify's JSON.
+  const log = (s: string): void => void fs.writeSync(1, `differential: ${s}\n`);
   try {
     const seeds = await loadSeeds({ only: (env.DIFF_FIXTURES ?? '').split(',').filter(Boolean), log });
     log(`seeds: ${seeds.map((s) => s.name).join(', ')}; seed ${seed}`);

@@ -25,6 +25,18 @@ export interface Configuration {
 /** Machine type names are short; QEMU's longest are under 64 bytes. Writers refuse longer ones too. */
 export const MAX_MACHINE_NAME = 256;
 
+/**
+ * QEMU 10's MigrationCapability names (qapi/migration.json). Its loader
+ * refuses any other name in the configuration ("Received unknown
+ * capability", savevm.c `get_capability`), and an unknown capability may
+ * change the stream in ways ramsnap cannot know.
+ */
+export const KNOWN_CAPABILITIES: ReadonlySet<string> = new Set([
+  'xbzrle', 'rdma-pin-all', 'auto-converge', 'zero-blocks', 'events', 'postcopy-ram', 'x-colo', 'release-ram', 'return-path',
+  'pause-before-switchover', 'multifd', 'dirty-bitmaps', 'postcopy-blocktime', 'late-block-activate', 'x-ignore-shared',
+  'validate-uuid', 'background-snapshot', 'zero-copy-send', 'postcopy-preempt', 'switchover-ack', 'dirty-limit', 'mapped-ram',
+]);
+
 /** Decodes the body after the 0x07 type byte. */
 /**
  * `reachesEof`: the cursor holds everything up to the end of the file, so
@@ -76,7 +88,17 @@ export function decodeConfiguration(c: ByteCursor, offsets?: Record<string, numb
           });
         }
         c.need(count, 'configuration/capabilities');
-        for (let i = 0; i < count; i++) cfg.capabilities.push(c.string8(`configuration/capabilities[${i}]`));
+        for (let i = 0; i < count; i++) {
+          const at = c.pos;
+          const cap = c.string8(`configuration/capabilities[${i}]`);
+          if (!KNOWN_CAPABILITIES.has(cap)) {
+            throw new RamsnapFormatError(FormatCode.BAD_CONFIGURATION, `unknown capability ${JSON.stringify(cap)}: QEMU's loader refuses it`, {
+              field: `configuration/capabilities[${i}]`,
+              offset: at,
+            });
+          }
+          cfg.capabilities.push(cap);
+        }
         break;
       }
       case 'configuration/uuid': {

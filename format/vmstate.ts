@@ -113,8 +113,29 @@ function decodeStruct(c: ByteCursor, s: VmStruct, path: string, depth: number, s
         actual: marker.toString(16).padStart(2, '0'),
       });
     }
+    const nameAt = c.pos;
     const name = c.string8(`${path}.subsection.name`);
-    c.be32(`${path}[${name}].version_id`);
+    // QEMU writes the subsection's vmsd name and version in the stream and the same two in the description.
+    // Its loader ends the device at a subsection of another name (vmstate.c vmstate_subsection_load), so the
+    // footer is then not where it looks, and refuses or reads by another layout one of another version.
+    if (name !== sub.vmsd_name) {
+      throw new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, `subsection ${name} where the description has ${sub.vmsd_name}`, {
+        field: `${path}.subsection.name`,
+        offset: nameAt,
+        expected: sub.vmsd_name,
+        actual: name,
+      });
+    }
+    const versionAt = c.pos;
+    const version = c.be32(`${path}[${name}].version_id`);
+    if (typeof sub.version === 'number' && version !== sub.version) {
+      throw new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, `subsection ${name} has version ${version}, but its description is of version ${sub.version}`, {
+        field: `${path}[${name}].version_id`,
+        offset: versionAt,
+        expected: sub.version,
+        actual: version,
+      });
+    }
     const v = decodeStruct(c, sub, `${path}[${name}]`, depth + 1, st);
     if (st.build) out.set(name, v);
   }

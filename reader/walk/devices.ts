@@ -88,6 +88,7 @@ async function decodeSection(w: WalkState, rec: SectionRecord, desc: VmDescripti
       offset: rec.offset,
     });
   }
+  checkSectionVersion(rec, dev.version);
   const m = w.model;
   const r = w.r;
   const available = (m.vmdesc?.offset ?? w.source.size) - r.pos;
@@ -121,6 +122,28 @@ async function decodeSection(w: WalkState, rec: SectionRecord, desc: VmDescripti
           });
     }
   }
+}
+
+/**
+ * A section whose version is not the one its description records. QEMU
+ * writes the device's version in both places (savevm.c the section header's
+ * se->version_id, vmstate.c the description's vmsd->version_id, the same
+ * number), and the description lists the fields of that version only. QEMU's
+ * loader refuses a newer section ("savevm: unsupported version",
+ * savevm.c `qemu_loadvm_section_start_full`) and reads an older one by the
+ * older layout, which the description does not describe: the footer is then
+ * found elsewhere ("Missing section footer") or the device refuses it.
+ */
+function checkSectionVersion(rec: SectionRecord, described: unknown): void {
+  if (typeof described !== 'number' || rec.versionId === described) return;
+  const nameBytes = Buffer.byteLength(rec.name, 'latin1');
+  throw new RamsnapFormatError(FormatCode.DEVICE_STATE_MISMATCH, `section ${rec.name} has version ${rec.versionId}, but its description is of version ${described}`, {
+    field: `section[${rec.name}].version_id`,
+    // FULL header: type, be32 id, u8 length, idstr, be32 instance, then the version.
+    offset: rec.offset + 1 + 4 + 1 + nameBytes + 4,
+    expected: described,
+    actual: rec.versionId,
+  });
 }
 
 /**
@@ -212,6 +235,7 @@ export async function decodeDevicesAgain(w: WalkState, desc: VmDescription): Pro
         offset: rec.offset,
       });
     }
+    checkSectionVersion(rec, dev.version);
     const c = new ByteCursor(await w.source.read(body.start, body.end - body.start, `section[${rec.name}]`), body.start);
     try {
       if (w.opts.decodeDevices) d.value = decodeDeviceState(c, dev, rec.versionId, w.deviceValues);

@@ -10,8 +10,10 @@
  * the innermost listed range that holds it.
  */
 import { Session } from 'node:inspector/promises';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
-/** Folders of dist/ whose coverage is tracked (what a fuzz input can reach). */
+/** Folders of ramsnap (in dist/) whose coverage is tracked (what a fuzz input can reach). */
 export const TRACKED = ['format', 'reader', 'analyze', 'writer', 'vm'];
 /** Folders the report gives figures for. */
 export const REPORTED = ['format', 'reader'];
@@ -33,10 +35,14 @@ interface ScriptCoverage {
 /** `file.js:start-end` of a block, the file relative to dist/. */
 export type BlockKey = string;
 
-/** The folder of dist/ a script is in, when tracked. */
+/** Where the tracked folders are: dist/ when this runs compiled, the repository when vitest runs the sources. */
+const ROOT = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')).href + '/';
+
+/** A tracked script's path from ROOT (`format/vmstate.js`). */
 function trackedFile(url: string): string | undefined {
-  const m = /\/dist\/((\w+)\/[^?#]*\.js)$/.exec(url);
-  return m && TRACKED.includes(m[2]) && !m[1].startsWith('test/') ? m[1] : undefined;
+  if (!url.startsWith(ROOT)) return undefined;
+  const file = url.slice(ROOT.length).replace(/[?#].*$/, '');
+  return TRACKED.includes(file.split('/')[0]) ? file : undefined;
 }
 
 /** A thread's view of its own coverage: starts V8's, and turns each take into blocks known and blocks run. */

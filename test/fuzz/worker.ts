@@ -96,7 +96,7 @@ const probe = init.coverage ? new CoverageProbe() : undefined;
  * new blocks may take: early in a run nearly every batch does, and running
  * them all again would halve the throughput.
  */
-const RERUN_SHARE = 0.15;
+const RERUN_SHARE = 0.1;
 const startMs = performance.now();
 let rerunMs = 0;
 

@@ -25,10 +25,10 @@
  *   FUZZ_COUNT            stop after about this many inputs (default: no limit)
  *   FUZZ_SEED             seed of the random recipes (default: random, printed)
  *   FUZZ_WORKERS          worker threads (default 2)
- *   FUZZ_BATCH            inputs per batch (default 32)
+ *   FUZZ_BATCH            inputs per batch (default 64)
  *   FUZZ_INPUT_TIMEOUT_MS watchdog per input (default 10000; a sampled input gets a minute more)
  *   FUZZ_SAMPLE_EVERY     every Nth input also goes through the CLI and the writers on a file (default 1000; 0: never)
- *   FUZZ_BINARY_EVERY     every Nth input also runs the real binary (default 5000; 0: never)
+ *   FUZZ_BINARY_EVERY     every Nth input also runs the real binary (default 10000; 0: never)
  *   FUZZ_COVERAGE         0: no coverage guidance (default 1)
  *   FUZZ_WHOLE            1: the whole fixtures are seeds too, besides the cut-down ones (slower)
  *   FUZZ_HEAP_LIMIT_MIB   an input whose heap peak passes this is a crash (default 512)
@@ -65,10 +65,10 @@ const SECONDS = num('FUZZ_SECONDS', 90);
 const COUNT = num('FUZZ_COUNT', Infinity);
 const SEED = env.FUZZ_SEED ? Number(env.FUZZ_SEED) | 0 : (Math.random() * 2 ** 31) | 0;
 const WORKERS = Math.max(1, num('FUZZ_WORKERS', 2));
-const BATCH = Math.max(1, num('FUZZ_BATCH', 32));
+const BATCH = Math.max(1, num('FUZZ_BATCH', 64));
 const INPUT_TIMEOUT = num('FUZZ_INPUT_TIMEOUT_MS', 10_000);
 const SAMPLE_EVERY = num('FUZZ_SAMPLE_EVERY', 1000);
-const BINARY_EVERY = num('FUZZ_BINARY_EVERY', 5000);
+const BINARY_EVERY = num('FUZZ_BINARY_EVERY', 10000);
 const COVERAGE = num('FUZZ_COVERAGE', 1) > 0;
 const WHOLE = num('FUZZ_WHOLE', 0) > 0;
 const HEAP_LIMIT = num('FUZZ_HEAP_LIMIT_MIB', 512) * 2 ** 20;

@@ -27,8 +27,13 @@ import { ImageSource, buildFixtureMap } from './map.js';
 
 /** Pages kept of each block of a cut-down fixture. */
 export const SEED_PAGES = 8;
-/** Device sections larger than this are left out of a cut-down fixture (decoding a 19 KiB ICH9 state costs more than all the rest). */
-export const SEED_DEVICE_BYTES = 2048;
+/**
+ * Device sections larger than this are left out of a cut-down fixture:
+ * decoding them (a 19 KiB ICH9 state, 4 KiB of vmmouse queue) and parsing
+ * their part of the description is most of an open. The `~devices` seed
+ * keeps them all.
+ */
+export const SEED_DEVICE_BYTES = 512;
 /** Blocks added to the many-blocks seed. */
 const EXTRA_BLOCKS = 40;
 
@@ -199,9 +204,12 @@ export async function smallSeeds(fixtures: Seed[], seed: number, writers = 4): P
     out.push({ name: `${f.name}~small`, image: small, offset: f.offset, map: await buildFixtureMap(`${f.name}~small`, small, f.offset) });
     if (!many && (manyFrom === undefined || f.name === manyFrom)) {
       const big = await cutDown(f.name, f.image, f.offset, 2, EXTRA_BLOCKS);
-      if (big) {
+      // And the same fixture with all its device sections: the large ones reach decoding paths the small ones do not.
+      const devices = await cutDown(f.name, f.image, f.offset, SEED_PAGES, 0, Infinity);
+      if (big && devices) {
         many = true;
         out.push({ name: `${f.name}~many`, image: big, offset: f.offset, map: await buildFixtureMap(`${f.name}~many`, big, f.offset) });
+        out.push({ name: `${f.name}~devices`, image: devices, offset: f.offset, map: await buildFixtureMap(`${f.name}~devices`, devices, f.offset) });
       }
     }
   }

@@ -70,9 +70,10 @@ export type WorkerMessage =
 
 const init = workerData as WorkerInit;
 const bases = new Map<string, FixtureBase>(init.seeds.map((s) => [s.name, { image: SparseImage.unpack(s.packed), offset: s.offset }]));
-// Seeds that could not be cut down (a save killed half-way) cost several times the others: one input in HEAVY_EVERY.
+// Seeds that could not be cut down (a save killed half-way) or keep their large device sections cost several times
+// the others: one input in HEAVY_EVERY.
 const HEAVY_EVERY = 16;
-const isHeavy = (name: string): boolean => !name.includes('~') && !name.startsWith('writer-');
+const isHeavy = (name: string): boolean => (!name.includes('~') && !name.startsWith('writer-')) || name.endsWith('~devices');
 const maps = init.seeds.filter((s) => !isHeavy(s.name)).map((s) => s.map);
 const heavyMaps = init.seeds.filter((s) => isHeavy(s.name)).map((s) => s.map);
 /** One input in STRICT_EVERY also opens strictly (the check that strict and lenient opens agree). */
@@ -96,7 +97,7 @@ const probe = init.coverage ? new CoverageProbe() : undefined;
  * new blocks may take: early in a run nearly every batch does, and running
  * them all again would halve the throughput.
  */
-const RERUN_SHARE = 0.1;
+const RERUN_SHARE = 0.05;
 const startMs = performance.now();
 let rerunMs = 0;
 

@@ -21,7 +21,7 @@
  * its heap is capped) is a crash.
  *
  * Environment:
- *   FUZZ_SECONDS          stop starting batches after this long (default 90)
+ *   FUZZ_SECONDS          stop starting batches after this long, counted once the seeds are made (default 90)
  *   FUZZ_COUNT            stop after about this many inputs (default: no limit)
  *   FUZZ_SEED             seed of the random recipes (default: random, printed)
  *   FUZZ_WORKERS          worker threads (default 2)
@@ -81,7 +81,9 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '..', '..', '..');
 const BIN = path.join(repo, 'dist', 'analyze', 'bin.js');
 const MiB = (n: number): string => (n / 2 ** 20).toFixed(1);
-const describeRecipe = (r: Recipe): string => `${r.fixture} [${r.ops.map((o) => o.why).join('; ')}]`;
+/** A recipe in one line, its control characters escaped (the operations name hostile block names). */
+const describeRecipe = (r: Recipe): string =>
+  `${r.fixture} [${r.ops.map((o) => o.why).join('; ')}]`.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 /** Scratch space: tmpfs when there is one (the sampled inputs write files). */
 const TMP = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
 
@@ -145,7 +147,10 @@ async function main(): Promise<number> {
 
   let nextIndex = 0;
   let sweepIndex = 0;
-  const deadline = t0 + SECONDS * 1000;
+  // The time limit counts from here: making the seeds takes 5 s on an idle machine and far longer on a loaded one.
+  const tFuzz = Date.now();
+  const cpu0 = process.cpuUsage();
+  const deadline = tFuzz + SECONDS * 1000;
   let batchId = 0;
   let lastReport = Date.now();
   const workers: (Worker | undefined)[] = [];
@@ -274,7 +279,10 @@ async function main(): Promise<number> {
   }
 
   // Summary.
-  const elapsed = (Date.now() - t0) / 1000;
+  const elapsed = (Date.now() - tFuzz) / 1000;
+  // CPU time of every thread of the process: inputs per CPU second do not depend on what else the machine runs.
+  const cpu = process.cpuUsage(cpu0);
+  const cpuSeconds = (cpu.user + cpu.system) / 1e6;
   const sorted = (m: Map<string, number>): string => [...m].sort((a, b) => b[1] - a[1]).map(([c, n]) => `${c} ${n}`).join(', ');
   const out: string[] = [];
   out.push(`strict open outcome per input: ${sorted(stats.primary)}`);
@@ -282,7 +290,11 @@ async function main(): Promise<number> {
   out.push(`time per step (s, all inputs): ${[...stats.steps].sort((a, b) => b[1] - a[1]).map(([s, ms]) => `${s} ${(ms / 1000).toFixed(1)}`).join(', ')}`);
   out.push(
     `boundary cuts: ${sweepIndex} of ${sweep.length}; inputs through the CLI and writers on a file: ${stats.sampled}; real binary runs: ${stats.binaryRuns}; ` +
-      `slowest input ${stats.slowest.ms.toFixed(0)} ms${stats.slowest.recipe ? ` (${describeRecipe(stats.slowest.recipe)})` : ''}; ${elapsed.toFixed(0)} s, ${(stats.inputs / elapsed).toFixed(0)} inputs/s`,
+      `slowest input ${stats.slowest.ms.toFixed(0)} ms${stats.slowest.recipe ? ` (${describeRecipe(stats.slowest.recipe)})` : ''}`,
+  );
+  out.push(
+    `${elapsed.toFixed(0)} s of fuzzing (after ${((tFuzz - t0) / 1000).toFixed(0)} s making seeds): ${(stats.inputs / elapsed).toFixed(0)} inputs/s; ` +
+      `${cpuSeconds.toFixed(0)} s of CPU in all threads, ${(stats.inputs / Math.max(1e-3, cpuSeconds)).toFixed(0)} inputs per CPU second; load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`,
   );
   if (COVERAGE) {
     coverage.add(census(), []);

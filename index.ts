@@ -6,11 +6,16 @@ export { Snapshot, type OpenOptions, type PresentRun } from './reader/snapshot.j
 export type { SnapshotModel, RamBlock, SectionRecord, CommandRecord, DeviceState, Finding } from './reader/model.js';
 export { FileSource, BufferSource, VirtualSource, type RandomAccessSource } from './reader/source.js';
 export { extractBlock, extractBlocks, blockFileName, blockFileNames, type ExtractOptions, type ExtractOutput, type ExtractResult } from './reader/extract.js';
+export { writeDelta, applyDeltas, checkChain, deltaOf, type DeltaResult, type ApplyResult } from './writer/delta.js';
+export { memoryFingerprint } from './reader/fingerprint.js';
+export { deltaInfoOf, DELTA_MEMBER, type DeltaInfo } from './format/delta.js';
+export { diffSnapshots, type SnapshotDiff, type BlockDiff, type PageRange, type PageChange } from './reader/diff.js';
 export { PhysicalMemory, memoryMap, parseMap, readMapFile, type MapOptions } from './reader/phys.js';
 export { machineMap, checkMap, coreSegments, type PhysMap, type PhysRange, type RangeKind, type MachineFacts } from './format/phys-map.js';
 export { x86Cpu, x86Notes, arm64Cpu, arm64Notes, type CpuSection } from './format/cpu-notes.js';
 export { encodeElfHeader, encodeProgramHeader, encodeNotes, type ElfNote } from './format/elf.js';
 export { exportSnapshot, coreNotes, type ExportOptions, type ExportResult, type ExportFormat } from './writer/export.js';
+export { plotSnapshot, plotDiff, writePlot, renderPng, plotFormatOf, type PlotOptions, type DiffPlotOptions, type PlotFormat, type WritePlotOptions } from './writer/plot.js';
 export { RamsnapError, RamsnapFormatError, RamsnapUsageError, RamsnapIoError, FormatCode } from './format/errors.js';
 export * as constants from './format/constants.js';
 export { bitmapBytes, bitRuns, countBits, testBit } from './format/bitmap.js';

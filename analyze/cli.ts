@@ -24,6 +24,10 @@ import * as save from './commands/save.js';
 import * as restore from './commands/restore.js';
 import * as map from './commands/map.js';
 import * as exportCommand from './commands/export.js';
+import * as diff from './commands/diff.js';
+import * as delta from './commands/delta.js';
+import * as apply from './commands/apply.js';
+import * as plot from './commands/plot.js';
 
 import { EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE } from './exit.js';
 import { errorLine, printable } from './human.js';
@@ -41,6 +45,10 @@ export function buildCli(argv: string[]): Argv {
     .command(read)
     .command(map)
     .command(exportCommand)
+    .command(diff)
+    .command(delta)
+    .command(apply)
+    .command(plot)
     .command(dump)
     .command(create)
     .command(convert)
@@ -149,7 +157,7 @@ let errorReported = false;
  */
 export function report(err: unknown, o: { json?: boolean } = {}): number {
   errorReported = true;
-  const exit = err instanceof RamsnapUsageError ? EXIT_USAGE : err instanceof RamsnapError ? EXIT_INVALID : EXIT_INTERNAL;
+  const exit = err instanceof RamsnapError && err.exitStatus !== undefined ? err.exitStatus : err instanceof RamsnapUsageError ? EXIT_USAGE : err instanceof RamsnapError ? EXIT_INVALID : EXIT_INTERNAL;
   if (o.json) {
     const error = err instanceof RamsnapError ? errorJson(err) : { code: 'INTERNAL', message: String((err as Error)?.message ?? err) };
     process.stdout.write(JSON.stringify({ ok: false, exitCode: exit, error }, null, 2) + '\n');

@@ -41,6 +41,8 @@ export const FormatCode = {
   BAD_STORAGE_ATTRIBUTES: 'BAD_STORAGE_ATTRIBUTES',
   /** A CPU section lacks a register an ELF core's notes need, or holds it in an unexpected shape (format/cpu-notes.ts). */
   BAD_CPU_STATE: 'BAD_CPU_STATE',
+  /** A delta's record of its base (format/delta.ts) is malformed, or its pages do not make the memory it promises. */
+  BAD_DELTA: 'BAD_DELTA',
   INCOMPLETE: 'INCOMPLETE',
   /** Only a warning code: bytes after EOF are never refused (SPEC §7.3, rules 59-60). */
   TRAILING_DATA: 'TRAILING_DATA',
@@ -104,6 +106,8 @@ export interface FormatErrorDetails {
 /** Base class: everything ramsnap throws on purpose. */
 export class RamsnapError extends Error {
   readonly code: string;
+  /** The status the CLI exits with, where a command sets its own (diff: 2 for any trouble, as cmp); else by class. */
+  exitStatus?: number;
   constructor(code: string, message: string) {
     super(message);
     this.name = new.target.name;

@@ -178,7 +178,10 @@ function x86Map(f: MachineFacts, q35: boolean, version: number): PhysMap {
   firmware(f, r, notes);
   for (const bar of f.pciRam ?? []) {
     const size = r.size(bar.block);
-    if (size !== undefined) r.add(bar.start, size, bar.block, 0, 'ram');
+    if (size === undefined) continue;
+    // A BAR over RAM or the BIOS: the saved registers are not what a working firmware leaves; map nothing there.
+    if (r.list.some((x) => x.start < bar.start + size && bar.start < x.start + x.length)) notes.push(`${bar.block}: its BAR (${hex(bar.start)}) overlaps other memory; not mapped`);
+    else r.add(bar.start, size, bar.block, 0, 'ram');
   }
   return r.map(f.machine, notes);
 }

@@ -25,6 +25,8 @@ import type { RamBlock } from '../reader/model.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { checkConvertible, copyBlock, mappedRamWriterLike } from '../writer/convert.js';
 import type { SnapshotWriter } from '../writer/snapshot-writer.js';
+import { writeOverlaidBlock } from '../writer/delta.js';
+import { withoutDeltaMember } from '../format/delta.js';
 
 /** Bytes of snapshot read at a time when looking for stale pages. */
 const STALE_SCAN_CHUNK = 1 << 20;
@@ -49,18 +51,22 @@ export interface RestoreStreamResult {
  * `mapped` blocks to the mapping. The snapshot must be a complete
  * mapped-ram file.
  */
-export async function writeRestoreStream(snap: Snapshot, mapped: ReadonlySet<string>, target: string, dataRanges: DataRanges = everythingIsData): Promise<RestoreStreamResult> {
-  const had = checkConvertible(snap, 'the snapshot');
-  const writer = await mappedRamWriterLike(snap, had, target, { force: true, fsync: false });
+export async function writeRestoreStream(snap: Snapshot, mapped: ReadonlySet<string>, target: string, dataRanges: DataRanges = everythingIsData, deltas: Snapshot[] = []): Promise<RestoreStreamResult> {
+  // With deltas (restore --base), the configuration and device state are the last delta's, its record left out.
+  const top = deltas.length ? deltas[deltas.length - 1] : snap;
+  const writer = await mappedRamWriterLike(top, checkConvertible(top, 'the snapshot'), target, { force: true, fsync: false });
   const result: RestoreStreamResult = { stalePages: {}, pagesCopied: 0, staleBytesScanned: 0 };
   try {
+    if (deltas.length && writer.device?.vmdesc) await writer.retarget({ device: { ...writer.device, vmdesc: withoutDeltaMember(writer.device.vmdesc) } });
     for (const block of snap.blocks) {
       if (mapped.has(block.name)) {
         const stale = await markStalePages(snap, block, writer, dataRanges);
         result.stalePages[block.name] = stale.pages;
         result.staleBytesScanned += stale.bytesScanned;
+        // The deltas' pages go over the mapping (after the stale zeros: a carried page wins).
+        if (deltas.length) result.pagesCopied += (await writeOverlaidBlock(snap, deltas, block.name, writer, true)).pages;
       } else {
-        result.pagesCopied += await copyBlock(snap, block, writer);
+        result.pagesCopied += deltas.length ? (await writeOverlaidBlock(snap, deltas, block.name, writer)).pages : await copyBlock(snap, block, writer);
       }
     }
     await writer.finalize();

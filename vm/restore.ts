@@ -14,7 +14,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CAP_MAPPED_RAM } from '../format/constants.js';
-import { RamsnapError } from '../format/errors.js';
+import { RamsnapError, RamsnapUsageError } from '../format/errors.js';
+import { checkChain } from '../writer/delta.js';
 import { HoleMap, type HoleMapKind } from '../reader/holes.js';
 import type { Snapshot } from '../reader/snapshot.js';
 import { FileSource } from '../reader/source.js';
@@ -44,6 +45,12 @@ export interface RestoreOptions {
   mappedBy?: (file: string) => FileMapping[];
   /** performance.now() at which the timing starts (default: when restoreSnapshot is called; the CLI passes 0, its process start). */
   startedAt?: number;
+  /**
+   * Deltas to load over the snapshot (restore --base): the snapshot is their
+   * base, mapped as usual; the small stream carries their pages, and the last
+   * one's configuration and device state. Checked to apply to the base first.
+   */
+  deltas?: { snap: Snapshot; path: string }[];
 }
 
 export interface RestoreResult {
@@ -74,6 +81,10 @@ export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: R
   const file = path.resolve(snapshotPath);
   // Mapping is checked before QMP is touched: a snapshot that cannot be mapped needs another QEMU command line.
   const plan = o.copy ? undefined : planRestore(snap, file, { ramBlock: o.ramBlock });
+  const deltas = o.deltas ?? [];
+  if (deltas.length && !plan) throw new RamsnapUsageError('USAGE', 'deltas are loaded over a mapping of their base: --copy cannot take them (ramsnap apply writes the full snapshot)', 'copy');
+  // A delta made against other memory would load into a guest that never existed: refused before QMP is touched.
+  if (deltas.length) await checkChain(snap, deltas);
   // The hole map's helper starts while QEMU is checked (it takes a process start).
   const holeMap = plan && !o.dataRanges && snap.source instanceof FileSource ? HoleMap.open(snap.source.fd, file) : undefined;
   holeMap?.catch(() => undefined);
@@ -81,7 +92,7 @@ export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: R
   try {
     qmp = await QmpClient.connect(o.qmp);
     const machine = await checkTarget(qmp, snap, plan, file, o.mappedBy ?? processesMapping);
-    const caps = streamCapabilities(snap);
+    const caps = streamCapabilities(deltas.length ? deltas[deltas.length - 1].snap : snap);
     let uri: string;
     let stream: RestoreResult['stream'];
     let scratch: string | undefined;
@@ -94,7 +105,7 @@ export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: R
         scratch = dir;
         forgetScratch = onInterrupt(() => fs.rmSync(dir, { recursive: true, force: true }));
         const streamPath = path.join(dir, 'stream');
-        stream = await buildStream(snap, plan, streamPath, o.dataRanges, await holeMap);
+        stream = await buildStream(snap, plan, streamPath, o.dataRanges, await holeMap, deltas.map((d) => d.snap));
         uri = `file:${streamPath}`;
       } else {
         uri = `file:${file}${snap.model.streamOffset ? `,offset=${snap.model.streamOffset}` : ''}`;
@@ -129,10 +140,10 @@ export async function restoreSnapshot(snap: Snapshot, snapshotPath: string, o: R
 }
 
 /** Builds the small stream, looking for stale pages only in the snapshot's data extents (reader/holes.ts). */
-async function buildStream(snap: Snapshot, plan: RestorePlan, streamPath: string, given: DataRanges | undefined, map: HoleMap | undefined): Promise<NonNullable<RestoreResult['stream']>> {
+async function buildStream(snap: Snapshot, plan: RestorePlan, streamPath: string, given: DataRanges | undefined, map: HoleMap | undefined, deltas: Snapshot[]): Promise<NonNullable<RestoreResult['stream']>> {
   try {
     const dataRanges = given ?? (map ? (a: number, b: number) => map.dataExtents(a, b) : everythingIsData);
-    const written = await writeRestoreStream(snap, new Set([plan.block.name]), streamPath, dataRanges);
+    const written = await writeRestoreStream(snap, new Set([plan.block.name]), streamPath, dataRanges, deltas);
     return {
       ...written,
       bytes: fs.statSync(streamPath).blocks * 512,

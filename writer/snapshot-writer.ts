@@ -173,6 +173,11 @@ export class SnapshotWriter {
     );
   }
 
+  /** The device state the stream will end with (retarget() changes it). */
+  get device(): DeviceState | undefined {
+    return this.opts.device;
+  }
+
   /** Marks pages as zero (their bits clear); their bytes, if any, stay and are ignored. */
   zeroPages(blockName: string, first: number, count: number): void {
     setRange(this.pageRange(blockName, first, count), first, count, false);
@@ -185,7 +190,7 @@ export class SnapshotWriter {
    * where it is: a live save learns the RAM section id and the device state
    * only once the guest is paused, long after its pages were written.
    */
-  async retarget(o: Pick<WriterOptions, 'machine' | 'capabilities' | 'ramSectionId' | 'targetPageBits' | 'uuid' | 'device'>): Promise<void> {
+  async retarget(o: Partial<Pick<WriterOptions, 'machine' | 'capabilities' | 'ramSectionId' | 'targetPageBits' | 'uuid' | 'device'>>): Promise<void> {
     this.checkOpen();
     const blocks = this.plan.blocks.map((b) => ({ name: b.name, usedLength: b.usedLength }));
     let plan: LayoutPlan;

@@ -122,7 +122,8 @@ describe('fast fuzzer (hot path, seeds, coverage)', () => {
   }, 60_000);
 
   it('the cut-down seeds are sound snapshots: each opens strictly with its devices decoded, smaller than its fixture', async () => {
-    expect(small.map((s) => s.name)).toEqual(expect.arrayContaining(['pc-legacy~small', 'q35-mapped-ram~small', 'q35-mapped-ram~many', 'writer-0', 'writer-1']));
+    expect(small.map((s) => s.name)).toEqual(expect.arrayContaining(['pc-legacy~small', 'q35-mapped-ram~small', 'q35-mapped-ram~many', 'q35-mapped-ram~devices', 'q35-mapped-ram~delta', 'writer-0', 'writer-1']));
+    expect(small.find((s) => s.name === 'q35-mapped-ram~delta')?.reference).toBe('q35-mapped-ram~small');
     for (const s of small) {
       const snap = await Snapshot.open(new ImageSource(s.image), { offset: s.offset, decodeDevices: true });
       const whole = seeds.find((f) => `${f.name}~small` === s.name);
@@ -135,7 +136,7 @@ describe('fast fuzzer (hot path, seeds, coverage)', () => {
     }
   });
 
-  it('200 inputs through the in-memory hot path (opens, reads, dump document, map, core notes, restore plan; the writers on 1 in 20): typed errors only', async () => {
+  it('200 inputs through the in-memory hot path (opens, reads, dump document, map, core notes, restore plan, plot, diff, delta record; the writers, delta and apply on 1 in 20): typed errors only', async () => {
     const maps = small.map((s) => s.map);
     const bases = new Map(small.map((s) => [s.name, { image: s.image, offset: s.offset }]));
     const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-fuzz-hot-'));
@@ -144,7 +145,9 @@ describe('fast fuzzer (hot path, seeds, coverage)', () => {
     try {
       for (let i = 0; i < 200; i++) {
         const recipe = randomRecipe(maps, SEED, i);
-        const r = await runHot(bases.get(recipe.fixture) as { image: SparseImage }, recipe, { writers: i % 20 === 0, scratch, strict: i % 2 === 0 });
+        const seed = small.find((x) => x.name === recipe.fixture) as Seed;
+        const reference = bases.get(seed.reference ?? seed.name);
+        const r = await runHot(bases.get(recipe.fixture) as { image: SparseImage }, recipe, { writers: i % 20 === 0, scratch, strict: i % 2 === 0, compare: i % 2 === 1, reference });
         for (const f of r.failures) failures.push(`${recipe.fixture} [${recipe.ops.map((o) => o.why).join('; ')}]: ${f.kind} in ${f.step}: ${f.message}`);
         for (const c of r.codes) codes.add(c);
       }

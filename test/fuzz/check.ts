@@ -3,7 +3,7 @@
  * fresh sandbox and goes through the library (strict and lenient open,
  * reads of every block, the dump document) and through the CLI commands
  * in-process (info, verify, extract, read, dump, map, export, convert,
- * restore --print-qemu-args, text and JSON), and now and then through the
+ * restore --print-qemu-args, plot, diff, delta, apply, text and JSON), and now and then through the
  * real binary. The fast fuzzer (run.ts) sends a sample of its inputs here. What must hold:
  *
  * - every failure is a RamsnapError with a code (a RamsnapFormatError with
@@ -241,6 +241,8 @@ export interface RunOptions {
   binary?: boolean;
   /** Even: info as text and verify as JSON; odd: the other way round (each input runs both commands). */
   variant?: number;
+  /** The snapshot diff, delta and apply compare the input with (run.ts: the unmutated seed, or a delta's base). */
+  reference?: FixtureBase;
 }
 
 export async function runInput(ctx: CheckContext, recipe: Recipe, opts: RunOptions = {}): Promise<InputResult> {
@@ -336,6 +338,27 @@ export async function runInput(ctx: CheckContext, recipe: Recipe, opts: RunOptio
   fs.rmSync(converted, { force: true });
   // The instant-restore plan, as the command prints it.
   await cli(['restore', file, '--print-qemu-args', '--json', ...offArgs], true);
+  // The picture, and diff, delta and apply against the reference (the unmutated seed, or a delta's base): a failure leaves nothing.
+  const written = async (argv: string[], out: string): Promise<void> => {
+    const r = await cli(argv, argv.includes('--json'));
+    if (r.exit !== 0 && fs.existsSync(out)) run.fail('escape', argv[0], `${argv[0]} failed (${r.exit}) and left ${out}`);
+    fs.rmSync(out, { force: true });
+  };
+  const picture = path.join(deep, 'plot.svg');
+  await written(['plot', file, '-o', picture, ...offArgs], picture);
+  if (opts.reference) {
+    const ref = path.join(sandbox, 'reference.snap');
+    opts.reference.image.writeFile(ref);
+    const refArgs = opts.reference.offset !== undefined ? ['--offset', String(opts.reference.offset)] : [];
+    // diff, delta and apply open both files with one --offset: only when the two agree.
+    if (refArgs.join() === offArgs.join()) {
+      await cli(['diff', '--json', ref, file, ...offArgs], true);
+      const delta = path.join(deep, 'delta.snap');
+      await written(['delta', ref, file, '-o', delta, ...offArgs], delta);
+      const applied = path.join(deep, 'applied.snap');
+      await written(['apply', ref, file, '-o', applied, ...offArgs], applied);
+    }
+  }
 
   // 3. extract: strict into out1; --salvage into out2 with symlinks planted at the names it will use, then --force.
   const out1 = path.join(deep, 'out1');
@@ -394,6 +417,7 @@ export async function runInput(ctx: CheckContext, recipe: Recipe, opts: RunOptio
     const inOut = parts.length === 4 && parts[0] === 'd1' && parts[1] === 'd2' && (parts[2] === 'out1' || parts[2] === 'out2');
     const expected =
       e.rel === 'input.snap' ||
+      e.rel === 'reference.snap' ||
       e.rel === 'victim.txt' ||
       ['d1', path.join('d1', 'd2'), path.join('d1', 'd2', 'out1'), path.join('d1', 'd2', 'out2'), path.join('d1', 'd2', 'single.img')].includes(e.rel) ||
       (inOut && SAFE_OUTPUT.test(parts[3]) && (e.type === 'file' || (e.type === 'symlink' && parts[2] === 'out2')));

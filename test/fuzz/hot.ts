@@ -9,9 +9,11 @@
  * - the `dump --state` document;
  * - the guest-physical map, reads through it, and the ELF core's segments
  *   and CPU notes;
- * - the instant-restore plan;
+ * - the instant-restore plan, the SVG plot, the delta record, and the
+ *   diff against the unmutated seed both ways;
  * - on a sample (`writers`), the writers that take a snapshot in memory:
- *   export (ELF), the instant-restore stream and extract, into a scratch
+ *   export (ELF), the instant-restore stream, delta and apply against the
+ *   reference, and extract, into a scratch
  *   directory on tmpfs; a failed writer must leave nothing behind.
  *
  * The same rules as check.ts: whatever is thrown must be a RamsnapError
@@ -29,7 +31,10 @@ import { PhysicalMemory, memoryMap } from '../../reader/phys.js';
 import { Snapshot, type OpenOptions } from '../../reader/snapshot.js';
 import { planRestore } from '../../vm/restore-plan.js';
 import { writeRestoreStream } from '../../vm/restore-stream.js';
+import { applyDeltas, deltaOf, writeDelta } from '../../writer/delta.js';
 import { coreNotes, exportSnapshot } from '../../writer/export.js';
+import { plotSnapshot } from '../../writer/plot.js';
+import { diffSnapshots } from '../../reader/diff.js';
 import { Run, peakHeap, resetPeak, sampleHeap, type FixtureBase, type InputResult } from './check.js';
 import { ImageSource } from './map.js';
 import { applyRecipe, type Recipe } from './mutate.js';
@@ -42,6 +47,13 @@ const WHOLE_BLOCK = 1 << 20;
 const MAX_RANGES = 32;
 
 export interface HotOptions {
+  /**
+   * The snapshot diff, delta and apply compare the input with: its seed
+   * unmutated, or for a delta seed the delta's base.
+   */
+  reference?: FixtureBase;
+  /** Also plot the snapshot and diff it against the reference (default true). */
+  compare?: boolean;
   /** Also open strictly, and check that it fails on the rule the lenient open names (default true). */
   strict?: boolean;
   /** Also run the writers that take a Snapshot (export, restore stream, extract) into `scratch`. */
@@ -105,6 +117,16 @@ export async function runHot(base: FixtureBase, recipe: Recipe, opts: HotOptions
     });
   }
   const plan = await run.guard('restore plan', async () => planRestore(snap, '/fuzz/input.snap'));
+  await run.guard('delta', async () => deltaOf(snap));
+  const ref = opts.reference ? await referenceSnapshot(opts.reference) : undefined;
+  if (opts.compare !== false) {
+    // The plot and the diff both ways against the reference (each costs about a fifth of an open).
+    await run.guard('plot', () => plotSnapshot(snap, { format: 'svg' }));
+  }
+  if (ref && opts.compare !== false) {
+    await run.guard('diff', () => diffSnapshots(ref, snap));
+    await run.guard('diff', () => diffSnapshots(snap, ref));
+  }
 
   if (opts.writers && opts.scratch) {
     const dir = opts.scratch;
@@ -122,6 +144,13 @@ export async function runHot(base: FixtureBase, recipe: Recipe, opts: HotOptions
     const stream = path.join(dir, 'stream');
     const mapped = new Set(plan.ok ? [plan.value.block.name] : m.blocks.slice(0, 1).map((b) => b.name));
     await writer('restore stream', stream, () => writeRestoreStream(snap, mapped, stream));
+    if (ref) {
+      // The input as the new side of a delta, and as a delta applied to the reference.
+      const delta = path.join(dir, 'delta');
+      await writer('delta', delta, () => writeDelta(ref, snap, delta));
+      const applied = path.join(dir, 'applied');
+      await writer('apply', applied, () => applyDeltas(ref, [{ snap, path: 'input.snap' }], applied));
+    }
     const out = path.join(dir, 'blocks');
     fs.mkdirSync(out);
     const outputs = m.blocks.slice(0, 8).map((block, i) => ({ block, path: path.join(out, `b${i}.raw`) }));
@@ -132,6 +161,17 @@ export async function runHot(base: FixtureBase, recipe: Recipe, opts: HotOptions
   }
   await run.guard('close', () => snap.close());
   return result(run, primary, t0);
+}
+
+/** The reference snapshots, opened once each (they are read, never mutated); none for a seed that is not sound (the killed save). */
+const references = new WeakMap<FixtureBase, Promise<Snapshot | undefined>>();
+function referenceSnapshot(base: FixtureBase): Promise<Snapshot | undefined> {
+  let p = references.get(base);
+  if (!p) {
+    p = Snapshot.open(new ImageSource(base.image, 'reference.snap'), { offset: base.offset, decodeDevices: true }).catch(() => undefined);
+    references.set(base, p);
+  }
+  return p;
 }
 
 function result(run: Run, primary: string, t0: number): InputResult {

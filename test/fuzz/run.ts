@@ -141,7 +141,7 @@ async function main(): Promise<number> {
 
   const coverage = new CoverageMap();
   const corpus: Recipe[] = [];
-  const packed = seeds.map((s) => ({ name: s.name, packed: s.image.pack(), offset: s.offset, map: s.map }));
+  const packed = seeds.map((s) => ({ name: s.name, packed: s.image.pack(), offset: s.offset, map: s.map, reference: s.reference }));
   const bin = fs.existsSync(BIN) ? BIN : undefined;
   if (!bin) process.stderr.write(`fuzz: ${BIN} missing (npm run build): no binary samples\n`);
 
@@ -341,8 +341,9 @@ async function replay(p: string): Promise<number> {
     for (const [i, recipe] of recipes.entries()) {
       const base = bases.get(recipe.fixture);
       if (!base) throw new Error(`unknown seed ${recipe.fixture} (seeds: ${[...bases.keys()].join(', ')})`);
-      const hot = await runHot(base, recipe, { writers: true, scratch: hotDir });
-      const full: InputResult = await runInput(ctx, recipe, { binary: true, variant: i });
+      const ref = bases.get(seeds.find((s) => s.name === recipe.fixture)?.reference ?? recipe.fixture);
+      const hot = await runHot(base, recipe, { writers: true, scratch: hotDir, reference: ref });
+      const full: InputResult = await runInput(ctx, recipe, { binary: true, variant: i, reference: ref });
       const all = [...hot.failures, ...full.failures];
       failures += all.length ? 1 : 0;
       peak = Math.max(peak, hot.peakHeap, full.peakHeap);

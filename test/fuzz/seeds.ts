@@ -20,6 +20,7 @@ import { latin1Bytes } from '../../format/cursor.js';
 import { encodeMappedRamHeader, mappedRamPlacement } from '../../format/mapped-ram.js';
 import type { SnapshotModel } from '../../reader/model.js';
 import { Snapshot } from '../../reader/snapshot.js';
+import { writeDelta } from '../../writer/delta.js';
 import { arbSnapshotCase, writeSnapshot } from '../../writer/testing.js';
 import type { Seed } from './corpus.js';
 import { CHUNK, SparseImage } from './image.js';
@@ -152,6 +153,29 @@ function withoutLargeDevices(image: SparseImage, m: SnapshotModel, out: SparseIm
   return out;
 }
 
+/**
+ * A delta (`ramsnap delta`) of `base` against a copy of it whose first
+ * block's first page changed: its reference, for diff and apply, is `base`.
+ */
+async function deltaSeed(base: Seed): Promise<Seed | undefined> {
+  const b = base.map.blocks.find((x) => x.pagesOffset !== undefined && x.bitmapOffset !== undefined);
+  if (!b) return undefined;
+  const neu = base.image.clone();
+  neu.write(b.pagesOffset as number, new Uint8Array(4096).fill(0x5a));
+  neu.write(b.bitmapOffset as number, Uint8Array.of(base.image.read(b.bitmapOffset as number, 1)[0] | 1));
+  const dir = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'ramsnap-fuzz-delta-'));
+  try {
+    const open = (img: SparseImage): Promise<Snapshot> => Snapshot.open(new ImageSource(img), { offset: base.offset });
+    const file = path.join(dir, 'delta.snap');
+    await writeDelta(await open(base.image), await open(neu), file);
+    const image = imageOfFile(file);
+    const name = base.name.replace(/~.*$/, '~delta');
+    return { name, image, map: await buildFixtureMap(name, image), reference: base.name };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** A few snapshots written by ramsnap's SnapshotWriter (many blocks, few pages, odd names), read back as images. */
 async function writerSeeds(seed: number, count: number): Promise<{ name: string; image: SparseImage; offset?: number }[]> {
   const dir = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'ramsnap-fuzz-seeds-'));
@@ -208,6 +232,8 @@ export async function smallSeeds(fixtures: Seed[], seed: number, writers = 4): P
       const devices = await cutDown(f.name, f.image, f.offset, SEED_PAGES, 0, Infinity);
       if (big && devices) {
         many = true;
+        const delta = await deltaSeed(out[out.length - 1]);
+        if (delta) out.push(delta);
         out.push({ name: `${f.name}~many`, image: big, offset: f.offset, map: await buildFixtureMap(`${f.name}~many`, big, f.offset) });
         out.push({ name: `${f.name}~devices`, image: devices, offset: f.offset, map: await buildFixtureMap(`${f.name}~devices`, devices, f.offset) });
       }

@@ -20,7 +20,7 @@ import type { FixtureMap } from './map.js';
 import { extendRecipe, inputSeed, randomRecipe, type Recipe } from './mutate.js';
 
 export interface WorkerInit {
-  seeds: { name: string; packed: PackedImage; offset?: number; map: FixtureMap }[];
+  seeds: { name: string; packed: PackedImage; offset?: number; map: FixtureMap; reference?: string }[];
   seed: number;
   /** This worker's own scratch directory (tmpfs when there is one). */
   workDir: string;
@@ -76,9 +76,10 @@ const HEAVY_EVERY = 16;
 const isHeavy = (name: string): boolean => (!name.includes('~') && !name.startsWith('writer-')) || name.endsWith('~devices');
 const maps = init.seeds.filter((s) => !isHeavy(s.name)).map((s) => s.map);
 const heavyMaps = init.seeds.filter((s) => isHeavy(s.name)).map((s) => s.map);
-/** One input in STRICT_EVERY also opens strictly (the check that strict and lenient opens agree). */
+/** One input in STRICT_EVERY also opens strictly (the check that strict and lenient opens agree), another is plotted and diffed. */
 const STRICT_EVERY = 4;
 const mapOf = new Map(init.seeds.map((s) => [s.name, s.map]));
+const referenceOf = new Map(init.seeds.map((s) => [s.name, bases.get(s.reference ?? s.name) as FixtureBase]));
 const ctx: CheckContext = { fixtures: bases, workDir: path.join(init.workDir, 'cli'), bin: init.bin };
 const hotScratch = path.join(init.workDir, 'hot');
 fs.mkdirSync(ctx.workDir, { recursive: true });
@@ -120,10 +121,10 @@ async function runOne(recipe: Recipe, index: number, req: BatchRequest): Promise
   const base = bases.get(recipe.fixture);
   if (!base) throw new Error(`unknown seed ${recipe.fixture}`);
   const sample = req.sampleEvery > 0 && index % req.sampleEvery === 0;
-  const hot = await runHot(base, recipe, { writers: sample, scratch: hotScratch, strict: sample || index % STRICT_EVERY === 0 });
+  const hot = await runHot(base, recipe, { writers: sample, scratch: hotScratch, strict: sample || index % STRICT_EVERY === 0, compare: sample || index % STRICT_EVERY === 1, reference: referenceOf.get(recipe.fixture) });
   if (!sample) return hot;
   const binary = !!init.bin && req.binaryEvery > 0 && index % req.binaryEvery === 0;
-  const full = await runInput(ctx, recipe, { binary, variant: index });
+  const full = await runInput(ctx, recipe, { binary, variant: index, reference: referenceOf.get(recipe.fixture) });
   return {
     primary: hot.primary,
     codes: [...new Set([...hot.codes, ...full.codes])],
@@ -182,7 +183,7 @@ async function runBatch(req: BatchRequest): Promise<void> {
         startedAt[0] = Date.now();
         Atomics.store(busy, 1, 0);
         Atomics.store(busy, 0, k + 1);
-        await runHot(bases.get(recipe.fixture) as FixtureBase, recipe, { strict: false });
+        await runHot(bases.get(recipe.fixture) as FixtureBase, recipe, { strict: false, compare: true, reference: referenceOf.get(recipe.fixture) });
         Atomics.store(busy, 0, 0);
         const fresh = covered.add([], (await probe.take()).ran);
         if (fresh.length) interesting.push(recipe);

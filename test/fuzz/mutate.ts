@@ -136,10 +136,16 @@ function applyOp(img: SparseImage, op: Op): void {
   }
 }
 
+/** Largest description an edit rewrites (real ones are under 100 KiB; the fuzzer's nesting makes a few MiB). */
+const MAX_EDITED_DESCRIPTION = 16 << 20;
+
 /** Rewrites the description at `offset` (type byte) with `edit` applied, fixing its length field. */
 function editVmdesc(img: SparseImage, offset: number, edit: JsonEdit): void {
   if (offset + 6 > img.size || img.read(offset, 1)[0] !== Section.VMDESCRIPTION) return;
-  const text = Buffer.from(img.read(offset + 5, img.size - offset - 5));
+  // The declared length, not the rest of the file: an earlier operation may have put a 200 MiB hole after it.
+  const length = Math.min(new DataView(img.read(offset + 1, 4).buffer).getUint32(0, false), img.size - offset - 5);
+  if (length > MAX_EDITED_DESCRIPTION) return;
+  const text = Buffer.from(img.read(offset + 5, length));
   let out: Uint8Array;
   if (edit.action === 'cut') {
     out = text.subarray(0, Math.min(text.length, Number(edit.value)));

@@ -86,6 +86,9 @@ function decodeStruct(c: ByteCursor, s: VmStruct, path: string, depth: number, s
   const out: StateMap = st.build ? new Map() : EMPTY;
   for (const f of s.fields) {
     const n = f.array_len ?? 1;
+    // An array of fixed-size fields longer than the bytes left cannot fit: said before decoding it element by
+    // element (array_len 1 000 000 000 over a 64 MiB hole decoded 4 000 000 values, 3.5 s, before LIMIT_EXCEEDED).
+    if (n > 1 && f.type !== 'struct' && f.type !== 'capability' && typeof f.size === 'number' && f.size > 0) c.need(n * f.size, `${path}.${f.name}`);
     for (let i = 0; i < n; i++) {
       if (++st.budget.values > MAX_VALUES) {
         throw new RamsnapFormatError(FormatCode.LIMIT_EXCEEDED, 'device state has too many values', {

@@ -1,7 +1,8 @@
 /**
  * The fuzz harness (npm run fuzz, test/fuzz/) in small: a fixed, seeded
- * set of mutated real QEMU files through the same checks, so CI runs the
- * mutator and the checks on every change. The full run is `npm run fuzz`
+ * set of mutated real QEMU files through the same checks (the slow path on
+ * a file, and the in-memory hot path on the cut-down seeds), so CI runs
+ * the mutator and the checks on every change. The full run is `npm run fuzz`
  * (docs/hardening.md has its figures).
  */
 import fs from 'node:fs';
@@ -12,6 +13,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Snapshot } from '../reader/snapshot.js';
 import { runInput, type CheckContext, type Failure } from './fuzz/check.js';
 import { loadCorpus, type Seed } from './fuzz/corpus.js';
+import { CoverageMap, CoverageProbe } from './fuzz/coverage.js';
+import { runHot } from './fuzz/hot.js';
+import { smallSeeds } from './fuzz/seeds.js';
 import { SparseImage } from './fuzz/image.js';
 import { ImageSource } from './fuzz/map.js';
 import { applyRecipe, boundaryCuts, randomRecipe, type Recipe } from './fuzz/mutate.js';
@@ -108,5 +112,99 @@ describe('fuzz harness', () => {
     expect(JSON.parse(Buffer.from(edited.read(v.offset + 5, len)).toString('utf8')).page_size).toBe(3000);
     // The base image is untouched by all of this.
     expect(img.size).toBe(s.map.size);
+  });
+});
+
+describe('fast fuzzer (hot path, seeds, coverage)', () => {
+  let small: Seed[];
+  beforeAll(async () => {
+    small = await smallSeeds(seeds, 20_261_206, 2);
+  }, 60_000);
+
+  it('the cut-down seeds are sound snapshots: each opens strictly with its devices decoded, smaller than its fixture', async () => {
+    expect(small.map((s) => s.name)).toEqual(expect.arrayContaining(['pc-legacy~small', 'q35-mapped-ram~small', 'q35-mapped-ram~many', 'q35-mapped-ram~devices', 'q35-mapped-ram~delta', 'writer-0', 'writer-1']));
+    expect(small.find((s) => s.name === 'q35-mapped-ram~delta')?.reference).toBe('q35-mapped-ram~small');
+    for (const s of small) {
+      const snap = await Snapshot.open(new ImageSource(s.image), { offset: s.offset, decodeDevices: true });
+      const whole = seeds.find((f) => `${f.name}~small` === s.name);
+      if (whole) {
+        expect(snap.blocks.map((b) => b.name)).toEqual(whole.map.blocks.map((b) => b.name));
+        expect(s.image.chunks.size).toBeLessThan(whole.image.chunks.size);
+      }
+      if (s.name.endsWith('~many')) expect(snap.blocks.length).toBeGreaterThan(40);
+      await snap.close();
+    }
+  });
+
+  it('200 inputs through the in-memory hot path (opens, reads, dump document, map, core notes, restore plan, plot, diff, delta record; the writers, delta and apply on 1 in 20): typed errors only', async () => {
+    const maps = small.map((s) => s.map);
+    const bases = new Map(small.map((s) => [s.name, { image: s.image, offset: s.offset }]));
+    const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'ramsnap-fuzz-hot-'));
+    const failures: string[] = [];
+    const codes = new Set<string>();
+    try {
+      for (let i = 0; i < 200; i++) {
+        const recipe = randomRecipe(maps, SEED, i);
+        const seed = small.find((x) => x.name === recipe.fixture) as Seed;
+        const reference = bases.get(seed.reference ?? seed.name);
+        const r = await runHot(bases.get(recipe.fixture) as { image: SparseImage }, recipe, { writers: i % 20 === 0, scratch, strict: i % 2 === 0, compare: i % 2 === 1, reference });
+        for (const f of r.failures) failures.push(`${recipe.fixture} [${recipe.ops.map((o) => o.why).join('; ')}]: ${f.kind} in ${f.step}: ${f.message}`);
+        for (const c of r.codes) codes.add(c);
+      }
+      expect(fs.readdirSync(scratch)).toEqual([]);
+    } finally {
+      fs.rmSync(scratch, { recursive: true, force: true });
+    }
+    expect(failures).toEqual([]);
+    expect(codes.size).toBeGreaterThanOrEqual(10);
+  }, 120_000);
+
+  it('block coverage: a take after a hot-path input names blocks of format/ and reader/ it ran; the same input again adds none', async () => {
+    const probe = new CoverageProbe();
+    await probe.start();
+    const s = small.find((x) => x.name === 'q35-mapped-ram~small') as Seed;
+    const recipe: Recipe = { fixture: s.name, origin: 'test', ops: [] };
+    const cov = new CoverageMap();
+    await runHot(s, recipe);
+    const first = await probe.take();
+    expect(cov.add(first.known, first.ran).length).toBeGreaterThan(100);
+    const [format, reader] = cov.byFolder();
+    expect(format.ran).toBeGreaterThan(0);
+    expect(reader.ran).toBeGreaterThan(0);
+    expect(format.ran).toBeLessThanOrEqual(format.known);
+    await runHot(s, recipe);
+    const again = await probe.take();
+    expect(cov.adds(again.ran)).toBe(false);
+  });
+
+  it('fuzz finding (FUZZ_SECONDS=600 run of 2026-12-06, 646 MiB heap): a description edit after a 200 MiB hole inserted inside the description reads its declared length, not the rest of the file', () => {
+    const s = seeds.find((x) => x.name === 'pc-legacy') as Seed;
+    const v = s.map.vmdesc as { offset: number; length: number };
+    const t0 = performance.now();
+    const img = applyRecipe(s.image, {
+      fixture: s.name,
+      origin: 'test',
+      ops: [
+        { op: 'hole', at: v.offset + 5 + Math.floor(v.length / 2), length: 200 << 20, why: '' },
+        { op: 'vmdesc', offset: v.offset, edit: { path: ['page_size'], action: 'set', value: 3000 }, why: '' },
+      ],
+    });
+    // Before: the 200 MiB after the description's start read into one buffer and one string (2 s, 400 MiB); the edit fails either way.
+    expect(performance.now() - t0).toBeLessThan(500);
+    expect(img.size).toBe(s.image.size + (200 << 20));
+  });
+
+  it('fuzz finding (seed 2, input 2622): a description edit after one that nested it 20 000 deep leaves it as it is (the mutator overflowed its stack)', () => {
+    const s = seeds.find((x) => x.name === 'pc-legacy') as Seed;
+    const v = s.map.vmdesc as { offset: number };
+    const nest: Recipe['ops'][number] = { op: 'vmdesc', offset: v.offset, edit: { path: ['devices', 0, 'fields'], action: 'nest', value: 20_000 }, why: '' };
+    const nested = applyRecipe(s.image, { fixture: s.name, origin: 'test', ops: [nest] });
+    const again = applyRecipe(s.image, {
+      fixture: s.name,
+      origin: 'test',
+      ops: [nest, { op: 'vmdesc', offset: v.offset, edit: { path: ['devices', 1, 'fields', 0, 'array_len'], action: 'set', value: -1 }, why: '' }],
+    });
+    expect(again.size).toBe(nested.size);
+    expect(Buffer.from(again.read(v.offset, again.size - v.offset)).equals(Buffer.from(nested.read(v.offset, nested.size - v.offset)))).toBe(true);
   });
 });

@@ -2,8 +2,9 @@
  * One fuzz input, end to end: the mutated file is written (sparse) into a
  * fresh sandbox and goes through the library (strict and lenient open,
  * reads of every block, the dump document) and through the CLI commands
- * in-process (info, verify, extract, read, dump, text and JSON), and now
- * and then through the real binary. What must hold:
+ * in-process (info, verify, extract, read, dump, map, export, convert,
+ * restore --print-qemu-args, plot, diff, delta, apply, text and JSON), and now and then through the
+ * real binary. The fast fuzzer (run.ts) sends a sample of its inputs here. What must hold:
  *
  * - every failure is a RamsnapError with a code (a RamsnapFormatError with
  *   a sane offset); anything else thrown is a crash;
@@ -17,6 +18,7 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import v8 from 'node:v8';
 import { buildCli, report } from '../../analyze/cli.js';
 import { stateDocument } from '../../analyze/dump-state.js';
 import { RamsnapError, RamsnapFormatError } from '../../format/errors.js';
@@ -65,11 +67,17 @@ export interface CheckContext {
 // Heap
 
 let peak = 0;
+/** The largest heap seen since resetPeak. */
+export const peakHeap = (): number => peak;
+export function resetPeak(): void {
+  peak = 0;
+  sampleHeap();
+}
 /** Samples the heap now; a timer calls it while inputs run, and every step ends with a call. */
 export function sampleHeap(): void {
-  const u = process.memoryUsage();
-  // external already counts array buffers (Node's memoryUsage docs).
-  peak = Math.max(peak, u.heapUsed + u.external);
+  // V8's own figures (what process.memoryUsage reports as heapUsed and external, which counts array buffers), without its RSS read.
+  const h = v8.getHeapStatistics();
+  peak = Math.max(peak, h.used_heap_size + h.external_memory);
 }
 
 // ---------------------------------------------------------------------------
@@ -81,14 +89,19 @@ const CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/;
 const SAFE_OUTPUT = /^[A-Za-z0-9+@-][A-Za-z0-9._+@-]*\.raw$/;
 const VICTIM_TEXT = 'precious';
 
-class Run {
+/** One input's findings: the error codes it ended with and what broke a rule. */
+export class Run {
   codes = new Set<string>();
   failures: Failure[] = [];
   steps: Record<string, number> = {};
   time(step: string, t0: number): void {
     this.steps[step] = (this.steps[step] ?? 0) + performance.now() - t0;
   }
-  constructor(readonly fileSize: () => number) {}
+  constructor(
+    readonly fileSize: () => number,
+    /** Sample the heap after every step (the hot path samples on a timer instead: a sample costs a system call). */
+    readonly sampleEachStep = true,
+  ) {}
 
   fail(kind: Failure['kind'], step: string, message: string): void {
     this.failures.push({ kind, step, message });
@@ -123,7 +136,7 @@ class Run {
       return { ok: false, code: this.thrown(step, err) };
     } finally {
       this.time(step.split(' ')[0], t0);
-      sampleHeap();
+      if (this.sampleEachStep) sampleHeap();
     }
   }
 }
@@ -228,6 +241,8 @@ export interface RunOptions {
   binary?: boolean;
   /** Even: info as text and verify as JSON; odd: the other way round (each input runs both commands). */
   variant?: number;
+  /** The snapshot diff, delta and apply compare the input with (run.ts: the unmutated seed, or a delta's base). */
+  reference?: FixtureBase;
 }
 
 export async function runInput(ctx: CheckContext, recipe: Recipe, opts: RunOptions = {}): Promise<InputResult> {
@@ -315,6 +330,35 @@ export async function runInput(ctx: CheckContext, recipe: Recipe, opts: RunOptio
   // A failed export leaves nothing; a core that was written is removed before the sandbox is looked at.
   if (exported.exit !== 0 && fs.existsSync(core)) run.fail('escape', 'export', `export failed (${exported.exit}) and left ${core}`);
   fs.rmSync(core, { force: true });
+  // convert to the other layout: a failure leaves nothing, and what it writes opens.
+  const converted = path.join(deep, 'converted.snap');
+  const conv = await cli(['convert', file, '--to', even ? 'legacy' : 'mapped-ram', '-o', converted, ...offArgs], false);
+  if (conv.exit !== 0 && fs.existsSync(converted)) run.fail('escape', 'convert', `convert failed (${conv.exit}) and left ${converted}`);
+  if (conv.exit === 0) await run.guard('open converted', async () => (await Snapshot.open(converted)).close());
+  fs.rmSync(converted, { force: true });
+  // The instant-restore plan, as the command prints it.
+  await cli(['restore', file, '--print-qemu-args', '--json', ...offArgs], true);
+  // The picture, and diff, delta and apply against the reference (the unmutated seed, or a delta's base): a failure leaves nothing.
+  const written = async (argv: string[], out: string): Promise<void> => {
+    const r = await cli(argv, argv.includes('--json'));
+    if (r.exit !== 0 && fs.existsSync(out)) run.fail('escape', argv[0], `${argv[0]} failed (${r.exit}) and left ${out}`);
+    fs.rmSync(out, { force: true });
+  };
+  const picture = path.join(deep, 'plot.svg');
+  await written(['plot', file, '-o', picture, ...offArgs], picture);
+  if (opts.reference) {
+    const ref = path.join(sandbox, 'reference.snap');
+    opts.reference.image.writeFile(ref);
+    const refArgs = opts.reference.offset !== undefined ? ['--offset', String(opts.reference.offset)] : [];
+    // diff, delta and apply open both files with one --offset: only when the two agree.
+    if (refArgs.join() === offArgs.join()) {
+      await cli(['diff', '--json', ref, file, ...offArgs], true);
+      const delta = path.join(deep, 'delta.snap');
+      await written(['delta', ref, file, '-o', delta, ...offArgs], delta);
+      const applied = path.join(deep, 'applied.snap');
+      await written(['apply', ref, file, '-o', applied, ...offArgs], applied);
+    }
+  }
 
   // 3. extract: strict into out1; --salvage into out2 with symlinks planted at the names it will use, then --force.
   const out1 = path.join(deep, 'out1');
@@ -373,6 +417,7 @@ export async function runInput(ctx: CheckContext, recipe: Recipe, opts: RunOptio
     const inOut = parts.length === 4 && parts[0] === 'd1' && parts[1] === 'd2' && (parts[2] === 'out1' || parts[2] === 'out2');
     const expected =
       e.rel === 'input.snap' ||
+      e.rel === 'reference.snap' ||
       e.rel === 'victim.txt' ||
       ['d1', path.join('d1', 'd2'), path.join('d1', 'd2', 'out1'), path.join('d1', 'd2', 'out2'), path.join('d1', 'd2', 'single.img')].includes(e.rel) ||
       (inOut && SAFE_OUTPUT.test(parts[3]) && (e.type === 'file' || (e.type === 'symlink' && parts[2] === 'out2')));

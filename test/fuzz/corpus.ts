@@ -16,6 +16,8 @@ export interface Seed {
   /** Stream offset to open with (a bare offset= fixture). */
   offset?: number;
   map: FixtureMap;
+  /** The seed a delta seed was made against (diff and apply compare with it); default: the seed itself. */
+  reference?: string;
 }
 
 /** Loads the fixtures whose names match `only` (all when empty). */

@@ -22,9 +22,10 @@ export class SparseImage {
     return new SparseImage(this.size, new Map(this.chunks));
   }
 
-  /** Bytes [offset, offset + length) (zeros past the end). */
-  read(offset: number, length: number): Uint8Array {
-    const out = new Uint8Array(length);
+  /** Bytes [offset, offset + length) (zeros past the end), into `into` when given. */
+  read(offset: number, length: number, into?: Uint8Array): Uint8Array {
+    const out = into ? into.subarray(0, length) : new Uint8Array(length);
+    if (into) out.fill(0);
     let at = offset;
     while (at < offset + length) {
       const ci = Math.floor(at / CHUNK);

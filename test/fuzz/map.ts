@@ -95,12 +95,11 @@ export class ImageSource implements RandomAccessSource {
     this.name = name;
   }
   async read(offset: number, length: number, field: string, into?: Uint8Array): Promise<Uint8Array> {
+    return this.readSync(offset, length, field, into);
+  }
+  readSync(offset: number, length: number, field: string, into?: Uint8Array): Uint8Array {
     checkRange(this, offset, length, field);
-    const bytes = this.image.read(offset, length);
-    if (!into) return bytes;
-    const out = into.subarray(0, length);
-    out.set(bytes);
-    return out;
+    return this.image.read(offset, length, into);
   }
 }
 

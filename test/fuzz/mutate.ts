@@ -136,24 +136,29 @@ function applyOp(img: SparseImage, op: Op): void {
   }
 }
 
+/** Largest description an edit rewrites (real ones are under 100 KiB; the fuzzer's nesting makes a few MiB). */
+const MAX_EDITED_DESCRIPTION = 16 << 20;
+
 /** Rewrites the description at `offset` (type byte) with `edit` applied, fixing its length field. */
 function editVmdesc(img: SparseImage, offset: number, edit: JsonEdit): void {
   if (offset + 6 > img.size || img.read(offset, 1)[0] !== Section.VMDESCRIPTION) return;
-  const text = Buffer.from(img.read(offset + 5, img.size - offset - 5));
+  // The declared length, not the rest of the file: an earlier operation may have put a 200 MiB hole after it.
+  const length = Math.min(new DataView(img.read(offset + 1, 4).buffer).getUint32(0, false), img.size - offset - 5);
+  if (length > MAX_EDITED_DESCRIPTION) return;
+  const text = Buffer.from(img.read(offset + 5, length));
   let out: Uint8Array;
   if (edit.action === 'cut') {
     out = text.subarray(0, Math.min(text.length, Number(edit.value)));
   } else {
-    let doc: unknown;
-    try {
-      doc = JSON.parse(text.toString('utf8'));
-    } catch {
-      return;
-    }
     // A nested struct is spliced in as text: JSON.stringify recurses, and the nesting is deeper than its stack.
     const nested = edit.action === 'nest' ? nestedFields(Number(edit.value)) : undefined;
-    doc = editJson(doc, nested === undefined ? edit : { ...edit, action: 'set', value: NESTED_PLACEHOLDER });
-    out = Buffer.from((JSON.stringify(doc) ?? 'null').replace(JSON.stringify(NESTED_PLACEHOLDER), () => nested ?? ''), 'utf8');
+    try {
+      const doc = editJson(JSON.parse(text.toString('utf8')), nested === undefined ? edit : { ...edit, action: 'set', value: NESTED_PLACEHOLDER });
+      out = Buffer.from((JSON.stringify(doc) ?? 'null').replace(JSON.stringify(NESTED_PLACEHOLDER), () => nested ?? ''), 'utf8');
+    } catch {
+      // Not JSON, or (after an earlier edit nested it) too deep to parse or print again here: left as it is.
+      return;
+    }
   }
   img.resize(offset + 5);
   const head = new Uint8Array(5);
@@ -490,10 +495,31 @@ export function inputSeed(seed: number, index: number): number {
   return (z ^ (z >>> 16)) | 0;
 }
 
+/** Arbitraries built once per list of maps (building them walks every field of every map). */
+const recipeArbs = new WeakMap<FixtureMap[], fc.Arbitrary<{ fixture: string; ops: Op[] }>>();
+const opArbs = new WeakMap<FixtureMap, fc.Arbitrary<Op>>();
+
 /** Random input `index` of a run seeded `seed`: the same recipe every time. */
 export function randomRecipe(maps: FixtureMap[], seed: number, index: number): Recipe {
-  const [r] = fc.sample(recipeArb(maps), { seed: inputSeed(seed, index), numRuns: 1 });
+  let arb = recipeArbs.get(maps);
+  if (!arb) recipeArbs.set(maps, (arb = recipeArb(maps)));
+  const [r] = fc.sample(arb, { seed: inputSeed(seed, index), numRuns: 1 });
   return { fixture: r.fixture, origin: `seed ${seed} input ${index}`, ops: r.ops };
+}
+
+/** Most operations a recipe grown from the corpus keeps. */
+const MAX_OPS = 8;
+
+/**
+ * Input `index` grown from `parent` (a corpus entry: an input that reached
+ * new code): its operations and one or two more on the same fixture.
+ */
+export function extendRecipe(parent: Recipe, map: FixtureMap, seed: number, index: number): Recipe {
+  let arb = opArbs.get(map);
+  if (!arb) opArbs.set(map, (arb = opArb(map)));
+  const s = inputSeed(seed, index);
+  const more = fc.sample(arb, { seed: s, numRuns: 1 + (s & 1) });
+  return { fixture: parent.fixture, origin: `seed ${seed} input ${index} from the corpus`, ops: [...parent.ops, ...more].slice(-MAX_OPS) };
 }
 
 /**

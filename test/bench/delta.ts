@@ -28,6 +28,7 @@
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { readDirtyGuestRecord, startDirtyGuest } from '../../fixtures/dirty-guest.js';
 import { Qemu, kvmAvailable, qemuAvailable, sleep } from '../../fixtures/qemu.js';
@@ -67,6 +68,8 @@ function ramsnap(c: Ctx, args: string[], okStatus = 0): string {
 export async function deltaTable(c: Ctx): Promise<Row[]> {
   if (!qemuAvailable(QEMU_BINARY)) return [skipRow('delta snapshots (every row needs QEMU saves)', '-', `no ${QEMU_BINARY}`)];
   const rows: Row[] = [];
+  // Other jobs may share the machine (two cores): the load says how much.
+  c.notes.push(`delta table: load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at its start, on ${os.cpus().length} cores`);
   const series = await dirtySeries(c);
   try {
     const kinds = ['paused → live', 'live → live'];

@@ -64,18 +64,22 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
-/** Runs a command to completion and returns its wall time in ms; throws with its stderr if it fails. */
-export function timeCommand(cmd: string, args: string[], opts: SpawnSyncOptions = {}): number {
+/**
+ * Runs a command to completion and returns its wall time in ms; throws with
+ * its stderr if it exits with another status than `okStatus` (1 for cmp and
+ * `ramsnap diff` of files that differ).
+ */
+export function timeCommand(cmd: string, args: string[], opts: SpawnSyncOptions = {}, okStatus = 0): number {
   const t0 = performance.now();
   const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 64 << 20, ...opts });
   const ms = performance.now() - t0;
-  checkExit(cmd, args, r);
+  checkExit(cmd, args, r, okStatus);
   return ms;
 }
 
-function checkExit(cmd: string, args: string[], r: ReturnType<typeof spawnSync>): void {
+function checkExit(cmd: string, args: string[], r: ReturnType<typeof spawnSync>, okStatus = 0): void {
   if (r.error) throw new Error(`${cmd}: ${r.error.message}`);
-  if (r.status !== 0) {
+  if (r.status !== okStatus) {
     const err = r.stderr ? r.stderr.toString().trim().split('\n').slice(-5).join('\n') : '';
     throw new Error(`${cmd} ${args.join(' ')} exited with ${r.status ?? r.signal}: ${err}`);
   }
@@ -97,11 +101,11 @@ export function haveGnuTime(): boolean {
  * maxrss of the child). The report goes to a file so the command's own
  * stderr cannot be mistaken for it.
  */
-export function peakRssKiB(cmd: string, args: string[], scratchDir: string, opts: SpawnSyncOptions = {}): number {
+export function peakRssKiB(cmd: string, args: string[], scratchDir: string, opts: SpawnSyncOptions = {}, okStatus = 0): number {
   const report = path.join(scratchDir, `time-${process.pid}.txt`);
   try {
     const r = spawnSync(GNU_TIME, ['-f', '%M', '-o', report, cmd, ...args], { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 64 << 20, ...opts });
-    checkExit(cmd, args, r);
+    checkExit(cmd, args, r, okStatus);
     const kib = Number(fs.readFileSync(report, 'utf8').trim().split('\n').pop());
     if (!Number.isFinite(kib) || kib <= 0) throw new Error(`${GNU_TIME} gave no peak memory for ${cmd}`);
     return kib;

@@ -75,13 +75,20 @@ async function configure(q: Qemu, caps: Record<string, boolean>, params: Record<
 
 /** Saves a freshly started (never run) guest to `file`. */
 export async function qemuSave(guest: Guest, file: string, caps: Record<string, boolean>, params: Record<string, unknown> = {}, timeoutMs = 120_000): Promise<Timed> {
-  return withQemu(guest, false, async (q) => {
-    await configure(q, caps, params);
-    const t0 = performance.now();
-    await q.cmd('migrate', { uri: `file:${file}` });
-    const st = await waitCompleted(q, timeoutMs);
-    return { wallMs: performance.now() - t0, qemuTotalMs: Number(st['total-time']) };
-  });
+  return withQemu(guest, false, (q) => saveOf(q, file, caps, params, timeoutMs));
+}
+
+/**
+ * Saves the guest of a QEMU that is already running (or paused) to `file`:
+ * a live save while the guest runs. QEMU leaves the guest paused after it
+ * (`cont` resumes it, and it can be saved again then).
+ */
+export async function saveOf(q: Qemu, file: string, caps: Record<string, boolean>, params: Record<string, unknown> = {}, timeoutMs = 120_000): Promise<Timed> {
+  await configure(q, caps, params);
+  const t0 = performance.now();
+  await q.cmd('migrate', { uri: `file:${file}` });
+  const st = await waitCompleted(q, timeoutMs);
+  return { wallMs: performance.now() - t0, qemuTotalMs: Number(st['total-time']) };
 }
 
 /** Restores `file` into a fresh QEMU started with -incoming defer. */

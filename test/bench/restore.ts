@@ -35,29 +35,29 @@ import { RECORD_ADDR, RECORD_SIZE, decodeDirtyGuestRecord, startDirtyGuest } fro
 import { Qemu, kvmAvailable, sleep } from '../../fixtures/qemu.js';
 import { GiB, MiB, PAGE_SIZE } from './guest.js';
 import { median, rounds } from './measure.js';
-import { QEMU_BINARY, qemuRestore } from './qemu-runs.js';
+import { QEMU_BINARY, qemuRestore, saveOf } from './qemu-runs.js';
 import { accel, createdGuest, ramGuest, savedGuest, type TableCtx as Ctx } from './snapshots.js';
-import { ratioRow, type Row } from './table.js';
+import { memoryRow, ratioRow, type Row } from './table.js';
 
 const RESTORE_GOAL = 0.25;
 const FLAT_GOAL = 2;
 
-/** The QEMU arguments ramsnap prints for `file` (machine, memory, backend). */
-function mappedArgs(c: Ctx, file: string): string[] {
-  const r = spawnSync(process.execPath, [c.cli, 'restore', file, '--print-qemu-args', '--json'], { encoding: 'utf8' });
+/** The QEMU arguments ramsnap prints for `file` (machine, memory, backend); `extra`: more restore options (`--base BASE`). */
+export function mappedArgs(c: Ctx, file: string, extra: string[] = []): string[] {
+  const r = spawnSync(process.execPath, [c.cli, 'restore', file, ...extra, '--print-qemu-args', '--json'], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`ramsnap restore --print-qemu-args: ${r.stderr}`);
   return (JSON.parse(r.stdout) as { args: string[] }).args;
 }
 
 /** A target QEMU with a second QMP socket for the CLI. */
-async function target(c: Ctx, args: string[]): Promise<{ q: Qemu; sock: string }> {
+export async function target(c: Ctx, args: string[]): Promise<{ q: Qemu; sock: string }> {
   const sock = path.join(c.tmp, `restore-cli-${Math.random().toString(36).slice(2)}.sock`);
   const q = await Qemu.start({ binary: QEMU_BINARY, dir: c.tmp, args: ['-qmp', `unix:${sock},server=on,wait=off`, ...args], incoming: true });
   return { q, sock };
 }
 
 /** Runs `ramsnap restore` and resolves with its wall time when it exits (0 expected). */
-function runRestore(c: Ctx, file: string, sock: string, extra: string[] = []): Promise<number> {
+export function runRestore(c: Ctx, file: string, sock: string, extra: string[] = []): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const child = spawn(process.execPath, [c.cli, 'restore', file, '--qmp', sock, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -145,7 +145,8 @@ export async function restoreTable(c: Ctx): Promise<Row[]> {
   return rows;
 }
 
-function pssKiB(pid: number): number {
+/** Proportional set size of a process (KiB): a page-cache page mapped by N processes counts 1/N to each. */
+export function pssKiB(pid: number): number {
   const m = /^Pss:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
   return m ? Number(m[1]) : NaN;
 }
@@ -176,17 +177,13 @@ async function cloneMemory(c: Ctx, file: string): Promise<Row[]> {
         for (const q of vms) await q.quit();
       }
     }
-    rows.push({
-      metric: `host memory (sum of PSS), ${n} clone${n > 1 ? 's' : ''} of the 2 GiB guest, each read whole`,
-      ramsnap: `${(sums.mapped / 1024).toFixed(0)} MiB`,
-      reference: `${(sums.qemu / 1024).toFixed(0)} MiB QEMU-restored`,
-      ratio: `${(sums.mapped / sums.qemu).toFixed(2)}x`,
-      target: '-',
-      verdict: 'info',
-    });
+    rows.push(memoryRow(`host memory (sum of PSS), ${n} clone${n > 1 ? 's' : ''} of the 2 GiB guest, each read whole`, sums.mapped, sums.qemu, 'QEMU-restored'));
   }
   return rows;
 }
+
+/** What a restore target of the dirtying guest needs besides ramsnap's printed arguments (as startDirtyGuest's machineArgs). */
+export const dirtyTargetArgs = (): string[] => [...accel(), '-cpu', 'qemu64,kvmclock=off', '-smp', '1'];
 
 /** Time until the restored dirtying guest has written its whole working set once more. */
 async function firstPass(c: Ctx): Promise<Row[]> {
@@ -200,16 +197,12 @@ async function firstPass(c: Ctx): Promise<Row[]> {
     const start = decodeDirtyGuestRecord(readRecord(g.ramPath)).writes;
     while (decodeDirtyGuestRecord(readRecord(g.ramPath)).writes < start + ws / PAGE_SIZE) await sleep(50);
     await g.qemu.cmd('stop');
-    await g.qemu.setCapabilities({ 'mapped-ram': true });
-    await g.qemu.cmd('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
-    await g.qemu.cmd('migrate', { uri: `file:${file}` });
-    await g.qemu.waitMigration(300_000);
+    await saveOf(g.qemu, file, { 'mapped-ram': true }, {}, 300_000);
   } finally {
     await g.stop();
   }
-  const guestArgs = [...accel(), '-cpu', 'qemu64,kvmclock=off', '-smp', '1'];
-  const args = [...guestArgs, ...mappedArgs(c, file)];
-  const qemuArgs = [...guestArgs, '-machine', 'pc', '-m', `${mem / MiB}M`, '-object', `memory-backend-ram,id=pc.ram,size=${mem}`, '-machine', 'memory-backend=pc.ram'];
+  const args = [...dirtyTargetArgs(), ...mappedArgs(c, file)];
+  const qemuArgs = [...dirtyTargetArgs(), '-machine', 'pc', '-m', `${mem / MiB}M`, '-object', `memory-backend-ram,id=pc.ram,size=${mem}`, '-machine', 'memory-backend=pc.ram'];
   type Kind = 'mapped' | 'prefetch' | 'warm' | 'qemu';
   const kinds: Kind[] = ['mapped', 'prefetch', 'warm', 'qemu'];
   const pass: Record<Kind, number[]> = { mapped: [], prefetch: [], warm: [], qemu: [] };

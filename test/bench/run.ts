@@ -98,7 +98,8 @@
  * BENCH_ONLY=sparse-create (only the 64 GiB guest and the create from its
  * sparse raw image), BENCH_ONLY=restore (only the restore table:
  * test/bench/restore.ts), BENCH_ONLY=export (only the export table:
- * test/bench/export.ts).
+ * test/bench/export.ts), BENCH_ONLY=delta (only the delta table:
+ * test/bench/delta.ts).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -114,6 +115,7 @@ import { contextRow, memoryRow, ratioRow, renderTable, skipRow, timeLimitRow, ty
 import { precopyTable, realSaves } from './precopy.js';
 import { restoreTable } from './restore.js';
 import { exportTable } from './export.js';
+import { deltaTable } from './delta.js';
 import type { TableCtx } from './snapshots.js';
 
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 3));
@@ -224,6 +226,10 @@ async function main(): Promise<void> {
   if (ONLY === 'export' || ONLY === undefined) {
     log("export: ELF cores and raw images against QEMU's dump-guest-memory and cp");
     if (await tableOfItsOwn('export', 'Export (issue 10)', exportTable)) return;
+  }
+  if (ONLY === 'delta' || (ONLY === undefined && haveQemu)) {
+    log('delta: delta sizes, diff against cmp, restore from a delta');
+    if (await tableOfItsOwn('delta', 'Delta snapshots (issue 11)', deltaTable)) return;
   }
   // BENCH_ONLY=precopy: only the precopy table (issue 4), a minute or two.
   if (ONLY !== 'precopy') {

@@ -40,15 +40,15 @@ export function timeLimitRow(metric: string, ramsnapMs: number, refMs: number, r
   };
 }
 
-/** Peak memory judged against an absolute limit, next to bare Node's. */
-export function memoryRow(metric: string, kib: number, refKib: number, refName: string, limitKib: number): Row {
+/** Memory (KiB) next to a reference's, judged against an absolute limit when there is one (else information). */
+export function memoryRow(metric: string, kib: number, refKib: number, refName: string, limitKib?: number): Row {
   return {
     metric,
     ramsnap: mib(kib),
     reference: `${mib(refKib)} ${refName}`,
     ratio: times(kib / refKib),
-    target: `< ${mib(limitKib)}`,
-    verdict: kib < limitKib ? 'ok' : 'MISS',
+    target: limitKib === undefined ? '-' : `< ${mib(limitKib)}`,
+    verdict: limitKib === undefined ? 'info' : kib < limitKib ? 'ok' : 'MISS',
   };
 }
 

@@ -175,7 +175,11 @@ async function stepToFooter(w: WalkState, rec: SectionRecord): Promise<void> {
     const last = reachesEnd ? bytes.length : bytes.length - STEP_LOOKAHEAD;
     for (let i = bytes.indexOf(footer); i >= 0 && i < last; i = bytes.indexOf(footer, i + 1)) {
       if (from + i - start > MAX_DEVICE_SECTION) break;
-      if (followsSection(w, rec, bytes, i + 5, from + i + 5)) {
+      // A description farther on that did not fit this stream's sections (an older save's, on a reused
+      // device) explains an older save's sections after EOF: a footer followed by EOF and such a section
+      // ends this stream, even though the older save's own footers further on also look like a split.
+      const foreignAfter = bytes[i + 5] === Section.EOF && bytes[i + 6] === Section.FULL && w.rejectedVmdesc !== undefined && w.rejectedVmdesc.offset > from + i + 5;
+      if (foreignAfter || followsSection(w, rec, bytes, i + 5, from + i + 5)) {
         r.pos = from + i;
         return;
       }

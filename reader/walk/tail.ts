@@ -145,14 +145,13 @@ async function afterEof(w: WalkState): Promise<void> {
       await decodeDevicesAgain(w, desc.desc);
     }
     end = at + 5 + desc.length;
-  } else if (w.rejectedVmdesc) {
-    throw w.rejectedVmdesc.error;
-  } else if (m.vmdesc) {
+  } else if (m.vmdesc || w.rejectedVmdesc) {
     // QEMU's loader reads a description only right after EOF; any other byte there is only "Expected
     // vmdescription section", and the load goes on. The one found farther on belongs to bytes after the
-    // stream (a suppress-vmdesc=on save over an older one on a reused device): it is dropped, and the
-    // device sections decoded with it count as unchecked, as they would without it.
-    foreign = m.vmdesc.offset;
+    // stream (a suppress-vmdesc=on save over an older one on a reused device), whether or not the device
+    // sections happened to fit it: it is dropped, and the device sections decoded with it count as
+    // unchecked, as they would without it.
+    foreign = m.vmdesc?.offset ?? w.rejectedVmdesc?.offset;
     m.vmdesc = undefined;
     for (const d of m.devices) {
       d.checked = false;

@@ -65,7 +65,7 @@ export function buildCli(argv: string[]): Argv {
     .middleware((a) => oneValueEach(a, y), true)
     .wrap(null)
     .epilogue(
-      'Exit status: 0 ok, 1 invalid or incomplete file (or failed check, or an I/O error), 2 bad usage, 130/143 stopped by SIGINT/SIGTERM (what it had not finished is removed).\n' +
+      'Exit status: 0 ok, 1 invalid or incomplete file (or failed check, or an I/O error), 2 bad usage, 130/143 stopped by SIGINT/SIGTERM (what it had not finished is removed); diff, as cmp: 0 same, 1 different, 2 trouble.\n' +
         'Outputs holding guest memory are created 0600 (--mode to change); --force never replaces a device, FIFO, socket or directory.\n' +
         'See SPEC.md for the format and every error code, docs/writers.md for outputs.',
     )

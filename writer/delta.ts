@@ -142,7 +142,7 @@ export async function applyDeltas(base: Snapshot, deltas: { snap: Snapshot; path
     const made = combineFingerprint(digests);
     const promised = infos[infos.length - 1].result;
     if (made !== promised) {
-      throw new RamsnapFormatError(FormatCode.BAD_DELTA, `applying the chain made memory ${made}, not the ${promised} that ${last.path} records: a delta's pages are damaged`, { field: 'ramsnap-delta.result', offset: 0 });
+      throw new RamsnapFormatError(FormatCode.BAD_DELTA, `applying the chain made memory ${made}, not the ${promised} that ${last.path} records: a delta's pages are damaged`, { field: 'vmdescription.ramsnap-delta.result', offset: last.snap.model.vmdesc?.offset ?? 0 });
     }
     o.beforeCommit?.();
     await w.finalize();
@@ -192,7 +192,8 @@ export async function writeOverlaidBlock(base: Snapshot, deltas: Snapshot[], nam
   const ps = block.pageSize;
   const buf = Buffer.allocUnsafe(CHUNK_PAGES * ps);
   const zero = zeroPageOf(ps);
-  const hasher = new BlockHasher(block);
+  // Over a mapping of BASE only the carried pages are written: their digest means nothing, so none is taken.
+  const hasher = carriedOnly ? undefined : new BlockHasher(block);
   const dBlocks = deltas.map((d) => d.block(name));
   let pages = 0;
   const sources = deltas.map((d, i) => d.presentRuns(dBlocks[i]));
@@ -205,7 +206,7 @@ export async function writeOverlaidBlock(base: Snapshot, deltas: Snapshot[], nam
         await deltas[i].read(dBlocks[i], run.first * ps, run.count * ps, buf.subarray(at, at + run.count * ps));
       }
     }
-    hasher.pages(r.first, r.count, buf);
+    hasher?.pages(r.first, r.count, buf);
     let done = 0;
     for (const [s, e] of nonZeroRuns(buf, r.count, zero)) {
       // Carried pages of zeros must still overwrite what the mapping of BASE shows.
@@ -216,5 +217,5 @@ export async function writeOverlaidBlock(base: Snapshot, deltas: Snapshot[], nam
     }
     if (carriedOnly && done < r.count) w.zeroPagesPresent(name, r.first + done, r.count - done);
   }
-  return { pages, digest: hasher.digest() };
+  return { pages, digest: hasher?.digest() ?? Buffer.alloc(0) };
 }

@@ -27,15 +27,10 @@ import type { Recipe } from '../fuzz/mutate.js';
 import { failuresOf, runDifferential } from './engine.js';
 import { formatReport } from './report.js';
 import { loadSeeds } from './seeds.js';
+import { envNumber } from '../helpers/env.js';
 
 const env = process.env;
-const num = (name: string, dflt: number): number => {
-  const v = env[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, got ${v}`);
-  return n;
-};
+const num = envNumber;
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '..', '..', '..');

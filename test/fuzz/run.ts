@@ -51,15 +51,10 @@ import { runHot } from './hot.js';
 import { boundaryCuts, type Recipe } from './mutate.js';
 import { smallSeeds } from './seeds.js';
 import type { BatchRequest, BatchStats, WorkerInit, WorkerMessage } from './worker.js';
+import { envNumber } from '../helpers/env.js';
 
 const env = process.env;
-const num = (name: string, dflt: number): number => {
-  const v = env[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, got ${v}`);
-  return n;
-};
+const num = envNumber;
 
 const SECONDS = num('FUZZ_SECONDS', 90);
 const COUNT = num('FUZZ_COUNT', Infinity);
